@@ -1,0 +1,154 @@
+"""`soundwarden-models`: inspect audio and datasets, manage signing keys, sign and check bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from models.audio import AudioError, level_dbfs, load_mono
+from models.bundle import BundleError, load_bundle, pack_bundle, sign_bundle
+from models.cliutil import command_parser, run_command
+from models.dataset import DatasetError, format_summary, read_dataset, summarize
+from models.frontend import FrontendConfig, LogMel, mel_filterbank
+from models.signing import SigningKeyError, TrustedKeys, generate_keypair, load_private_key
+
+WINDOW_HOP_S = 0.25
+
+
+def _features(args: argparse.Namespace) -> int:
+    config = FrontendConfig()
+    samples = load_mono(args.file, config.sample_rate)
+    hop = int(WINDOW_HOP_S * config.sample_rate)
+    logmel = LogMel(config)
+    windows = logmel.windows(samples, hop)
+    print(
+        f"{args.file}: {samples.shape[0] / config.sample_rate:.2f} s at {config.sample_rate} Hz,"
+        f" {windows.shape[0]} windows of {config.n_frames} frames x {config.n_mels} mel bands"
+    )
+    print(f"{'start_s':>8} {'level_dbfs':>10} {'mean_db':>8} {'peak_band_hz':>12}")
+    centres = _band_centres_hz(config)
+    for i, window in enumerate(windows):
+        start = i * hop
+        level = level_dbfs(samples[start : start + config.window_samples])
+        peak = centres[int(window.mean(axis=0).argmax())]
+        print(f"{start / config.sample_rate:8.2f} {level:10.1f} {window.mean():8.1f} {peak:12.0f}")
+    if args.png:
+        _save_spectrogram(logmel.frames(samples), config, Path(args.png), title=str(args.file))
+        print(f"spectrogram written to {args.png}")
+    return 0
+
+
+def _band_centres_hz(config: FrontendConfig) -> list[float]:
+    basis = mel_filterbank(config)
+    freqs = np.fft.rfftfreq(config.n_fft, 1.0 / config.sample_rate)
+    return [float(freqs[basis[:, b].argmax()]) for b in range(config.n_mels)]
+
+
+def _save_spectrogram(frames: np.ndarray, config: FrontendConfig, out: Path, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--png needs matplotlib: install soundwarden[train] or [dev]") from None
+    seconds = frames.shape[0] * config.hop_length / config.sample_rate
+    fig, ax = plt.subplots(figsize=(10, 3.5))
+    image = ax.imshow(
+        frames.T,
+        origin="lower",
+        aspect="auto",
+        cmap="magma",
+        extent=(0.0, seconds, 0, config.n_mels),
+    )
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("mel band")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="dB")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _dataset(args: argparse.Namespace) -> int:
+    summary = summarize(read_dataset(args.root))
+    print(format_summary(summary))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    private, public = generate_keypair(args.out, args.name)
+    print(f"private key: {private} (keep it secret; sign with it)")
+    print(f"public key:  {public} (give it to devices as a trusted key)")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    kid = sign_bundle(args.bundle, load_private_key(args.key))
+    print(f"{args.bundle}: signed with key {kid}")
+    if args.pack:
+        pack_bundle(args.bundle, args.pack)
+        print(f"packed to {args.pack}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.bundle, TrustedKeys.from_paths(args.trusted))
+    m = bundle.manifest
+    print(
+        f"OK {m.name} {m.version} ({m.task}, labels {m.labels}) signed by {bundle.signed_by};"
+        f" {len(m.files)} file(s) match their hashes"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = command_parser("soundwarden-models", __doc__)
+
+    p = sub.add_parser("features", help="run the log-mel front end over an audio file")
+    p.add_argument("file", type=Path)
+    p.add_argument("--png", type=Path, help="also save a spectrogram image here")
+    p.set_defaults(func=_features)
+
+    p = sub.add_parser("dataset", help="validate a dataset folder and count labels/splits/groups")
+    p.add_argument("root", type=Path)
+    p.add_argument("--json", type=Path, help="also write the counts as JSON here")
+    p.set_defaults(func=_dataset)
+
+    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair")
+    p.add_argument("--out", type=Path, required=True, help="folder for NAME.key and NAME.pub")
+    p.add_argument("--name", default="signing", help="file name stem (default: signing)")
+    p.set_defaults(func=_keygen)
+
+    p = sub.add_parser("sign", help="sign a bundle folder after checking its file hashes")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--key", type=Path, required=True, help="PEM private key from keygen")
+    p.add_argument("--pack", type=Path, help="also write a .tar.gz of the signed bundle")
+    p.set_defaults(func=_sign)
+
+    p = sub.add_parser("verify", help="check a bundle's signature and every file's hash")
+    p.add_argument("bundle", type=Path, help="bundle folder or .tar.gz")
+    p.add_argument(
+        "--trusted",
+        type=Path,
+        action="append",
+        required=True,
+        help="trusted public key file or folder of *.pub (repeatable)",
+    )
+    p.set_defaults(func=_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    errors = (AudioError, BundleError, DatasetError, SigningKeyError, FileExistsError)
+    return run_command(build_parser(), argv, errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
