@@ -48,11 +48,10 @@ system-packages:
 	fi
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ required"'
 
-# The development environment: every extra except train (torch, ultralytics), which nothing
-# in the test suite needs yet.
+# The development environment: every extra (torch is the CPU build pinned in constraints.txt).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/$(PIP_INSTALL) --editable '.[edge,mic,cloud,dev]'
+	$(VENV)/bin/$(PIP_INSTALL) --editable '.[edge,mic,cloud,train,dev]'
 	touch $@
 
 # What a Raspberry Pi gets: the edge extra alone. Tests check it holds no torch or librosa.

@@ -24,6 +24,9 @@ MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
 MAX_CHANNELS = 32
 DEFAULT_MAX_DURATION_S = 3600.0
+# A window this far below its clip's loudest, or below the floor, is silence between sounds.
+SILENCE_BELOW_PEAK_DB = 20.0
+SILENCE_FLOOR_DBFS = -60.0
 
 _WAV_DATA_CLAIM = re.compile(r"^data : (?P<declared>\d+) \(should be (?P<actual>\d+)\)", re.M)
 _STREAMED_WAV_SIZE = 0x7FFF0000
@@ -166,6 +169,31 @@ def level_dbfs(samples: FloatArray) -> float:
         return float("-inf")
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     return 20.0 * float(np.log10(rms)) if rms > 0 else float("-inf")
+
+
+def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
+    """Starts of the windows covering a clip; a clip shorter than one window gets one window."""
+    if n_samples <= window:
+        return [0]
+    return list(range(0, n_samples - window + 1, hop))
+
+
+def cut(samples: FloatArray, start: int, window: int) -> FloatArray:
+    """Exactly `window` samples from `start`, zero-padded past the end."""
+    piece = samples[start : start + window]
+    if piece.shape[0] == window:
+        return piece
+    return np.pad(piece, (0, window - piece.shape[0]))
+
+
+def energy_gate(
+    samples: FloatArray, starts: list[int], window: int, *, below_peak_db: float, min_dbfs: float
+) -> npt.NDArray[np.bool_]:
+    """Which windows carry sound: within `below_peak_db` of the clip's loudest window and
+    above `min_dbfs`. Training and evaluation use it to tell a cry from the silence around it."""
+    levels = np.array([level_dbfs(cut(samples, s, window)) for s in starts])
+    gate: npt.NDArray[np.bool_] = levels >= max(levels.max() - below_peak_db, min_dbfs)
+    return gate
 
 
 def is_audio_file(path: Path) -> bool:

@@ -231,6 +231,20 @@ def sign_bundle(bundle_dir: str | Path, private_key: Ed25519PrivateKey) -> str:
     return kid
 
 
+def update_manifest(bundle_dir: str | Path, **changes: Any) -> Manifest:
+    """Rewrite fields of an existing bundle's manifest (e.g. add test metrics). The old
+    signature no longer matches, so it is removed: sign again afterwards."""
+    root = Path(bundle_dir)
+    current = _parse_manifest(root, _read_manifest_bytes(root))
+    try:
+        updated = Manifest.model_validate({**current.model_dump(), **changes})
+    except ValidationError as exc:
+        raise ManifestInvalidError(f"{root}: invalid manifest update: {exc}") from exc
+    (root / SIGNATURE_NAME).unlink(missing_ok=True)
+    atomic_write_bytes(root / MANIFEST_NAME, updated.to_bytes())
+    return updated
+
+
 def load_bundle(
     path: str | Path, trusted: TrustedKeys, *, extract_to: str | Path | None = None
 ) -> Bundle:

@@ -6,17 +6,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from models.audio import AudioError, level_dbfs, load_mono
-from models.bundle import BundleError, load_bundle, pack_bundle, sign_bundle
+from models.bundle import BundleError, load_bundle, pack_bundle, sign_bundle, update_manifest
 from models.cliutil import command_parser, run_command
 from models.dataset import DatasetError, format_summary, read_dataset, summarize
+from models.evaluate import EvaluationError, evaluate, format_report
 from models.frontend import FrontendConfig, LogMel, mel_filterbank
+from models.inference import InferenceError
+from models.runtimes import RuntimeUnavailableError, runtime_kinds
 from models.signing import SigningKeyError, TrustedKeys, generate_keypair, load_private_key
 
 WINDOW_HOP_S = 0.25
+DEFAULT_TRUSTED = Path(__file__).parent / "pretrained" / "keys"
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -108,6 +113,64 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from models.training.recipes import RECIPES
+    from models.training.trainer import train_recipe
+
+    private_key = load_private_key(args.key)
+    trusted = TrustedKeys([private_key.public_key()])
+    bundle_dir, manifest = train_recipe(
+        RECIPES[args.recipe],
+        args.data,
+        args.out,
+        version=args.version,
+        epochs=args.epochs,
+        max_train_windows=args.max_train_windows,
+        threads=args.threads,
+    )
+    sign_bundle(bundle_dir, private_key)
+    print(
+        f"trained {manifest.name} {manifest.version}: {bundle_dir} (run details in "
+        f"{args.out / 'run'})"
+    )
+    if args.eval_data:
+        # The one look at the test split, after every choice was made on val.
+        result = evaluate(load_bundle(bundle_dir, trusted), args.eval_data, split="test")
+        print(format_report(result))
+        (args.out / "run" / "test_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        update_manifest(bundle_dir, metrics={**manifest.metrics, "test": _headline(result)})
+        sign_bundle(bundle_dir, private_key)
+    return 0
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation a manifest carries: no per-clip detail."""
+    keep = (
+        "data",
+        "split",
+        "runtime",
+        "precision",
+        "threshold",
+        "window",
+        "clip",
+        "false_alarms",
+        "subgroups",
+    )
+    return {k: result[k] for k in keep}
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    bundle = load_bundle(args.bundle, TrustedKeys.from_paths(args.trusted or [DEFAULT_TRUSTED]))
+    split = None if args.split == "all" else args.split
+    result = evaluate(
+        bundle, args.data, split=split, runtime=args.runtime, precision=args.precision
+    )
+    print(format_report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("soundwarden-models", __doc__)
 
@@ -142,11 +205,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="trusted public key file or folder of *.pub (repeatable)",
     )
     p.set_defaults(func=_verify)
+
+    p = sub.add_parser("evaluate", help="score a bundle on a labelled dataset folder")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder or .tar.gz")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset folder with one label folder per bundle label",
+    )
+    p.add_argument(
+        "--trusted",
+        type=Path,
+        action="append",
+        default=None,
+        help=f"trusted public key(s) (default: {DEFAULT_TRUSTED})",
+    )
+    p.add_argument("--split", default="test", help="train, val, test or all (default: test)")
+    p.add_argument("--runtime", default="onnx", choices=runtime_kinds())
+    p.add_argument("--precision", default="int8", choices=["int8", "float"])
+    p.add_argument("--json", type=Path, help="also write the full report as JSON here")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("train", help="train a recipe into a signed bundle (needs [train])")
+    p.add_argument("--recipe", default="cry-detector", help="recipe name (cry-detector)")
+    p.add_argument("--data", type=Path, required=True, help="root holding the dataset folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder (bundle + run/)")
+    p.add_argument("--key", type=Path, required=True, help="private key to sign with")
+    p.add_argument("--version", required=True, help="bundle version, e.g. 1.0.0")
+    p.add_argument(
+        "--eval-data",
+        type=Path,
+        help="binary-view dataset folder: evaluate the test split once, record it",
+    )
+    p.add_argument("--epochs", type=int, help="override the recipe's maximum epochs")
+    p.add_argument("--max-train-windows", type=int, help="subsample training windows (smoke runs)")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    errors = (AudioError, BundleError, DatasetError, SigningKeyError, FileExistsError)
+    errors = (
+        AudioError,
+        BundleError,
+        DatasetError,
+        SigningKeyError,
+        FileExistsError,
+        EvaluationError,
+        InferenceError,
+        RuntimeUnavailableError,
+    )
     return run_command(build_parser(), argv, errors)
 
 

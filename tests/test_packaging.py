@@ -65,14 +65,19 @@ def test_edge_and_the_light_core_import_and_run_in_the_edge_install(edge_python:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(97, 64)"
-    cli = edge_python.parent / "soundwarden-edge"
-    assert subprocess.run([str(cli), "--version"], check=False).returncode == 0
+    for cli in ("soundwarden-edge", "soundwarden-models"):
+        assert (
+            subprocess.run(
+                [str(edge_python.parent / cli), "--help"], capture_output=True, check=False
+            ).returncode
+            == 0
+        ), cli
 
 
 def test_light_core_never_imports_the_heavy_stack() -> None:
     code = (
         "import sys, edge.cli, models.cli, models.audio, models.frontend, models.bundle,"
-        " models.dataset;"
+        " models.dataset, models.evaluate, models.inference, models.runtimes.onnx;"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run(

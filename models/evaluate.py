@@ -1,0 +1,213 @@
+"""`soundwarden-models evaluate`: a bundle against a labelled dataset folder, through the
+same runtime and front end the edge uses (never torch).
+
+Window level: every 1 s window at the edge's 0.25 s hop; windows of a positive clip that are
+silence between cries (`models.audio.energy_gate`, the gate training uses)
+count neither as hits nor as misses. Clip level: a clip's score is its highest window score.
+False alarms per hour: every negative clip of the split played as one continuous stream
+through the episode logic of `models.detection`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from models import metrics
+from models.audio import (
+    SILENCE_BELOW_PEAK_DB,
+    SILENCE_FLOOR_DBFS,
+    energy_gate,
+    load_mono,
+    window_starts,
+)
+from models.bundle import Bundle
+from models.dataset import Clip, read_dataset
+from models.detection import count_episodes
+from models.inference import BundleModel
+
+EDGE_HOP_S = 0.25
+MAX_SUBGROUP_VALUES = 12
+
+
+class EvaluationError(ValueError):
+    pass
+
+
+def evaluate(
+    bundle: Bundle,
+    data_dir: Path,
+    *,
+    split: str | None = "test",
+    runtime: str = "onnx",
+    precision: str = "int8",
+) -> dict[str, Any]:
+    manifest = bundle.manifest
+    if manifest.task != "classification":
+        raise EvaluationError("evaluate handles classification bundles; anomaly is not yet here")
+    dataset = read_dataset(data_dir)
+    if set(dataset.labels) != set(manifest.labels):
+        raise EvaluationError(
+            f"{data_dir}: label folders {dataset.labels} do not match the bundle's labels "
+            f"{manifest.labels}; make one folder per bundle label"
+        )
+    clips = dataset.split(split) if split else dataset.clips
+    if not clips:
+        raise EvaluationError(f"{data_dir}: no clips in split {split!r}")
+    (positive_label, threshold), *_ = manifest.thresholds.items()
+    pos = manifest.labels.index(positive_label)
+    model = BundleModel(bundle, runtime=runtime, precision=precision)  # type: ignore[arg-type]
+    cfg = manifest.features
+    window, hop = cfg.window_samples, int(EDGE_HOP_S * cfg.sample_rate)
+
+    per_clip: list[dict[str, Any]] = []
+    window_scores, window_truth = [], []
+    negative_stream: list[float] = []
+    negative_seconds = 0.0
+    for clip in tqdm(clips, desc="evaluate", unit="clip"):
+        samples = load_mono(clip.path, cfg.sample_rate)
+        padded = np.pad(samples, (0, max(0, window - len(samples))))
+        feats = model.logmel.windows(padded, hop)
+        scores = model.scores(feats)[:, pos]
+        is_pos = clip.label == positive_label
+        keep = (
+            energy_gate(
+                padded,
+                window_starts(len(padded), window, hop),
+                window,
+                below_peak_db=SILENCE_BELOW_PEAK_DB,
+                min_dbfs=SILENCE_FLOOR_DBFS,
+            )
+            if is_pos
+            else None
+        )
+        kept = scores[keep] if keep is not None else scores
+        window_scores.append(kept)
+        window_truth.append(np.full(len(kept), is_pos))
+        if not is_pos:
+            negative_stream += scores.tolist()
+            negative_seconds += len(samples) / cfg.sample_rate
+        per_clip.append({"clip": clip, "score": float(scores.max()), "positive": is_pos})
+
+    w_scores, w_truth = np.concatenate(window_scores), np.concatenate(window_truth)
+    c_scores = np.array([c["score"] for c in per_clip])
+    c_truth = np.array([c["positive"] for c in per_clip])
+    neg = 1 - pos
+
+    def report(truth: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+        labels_true = np.where(truth, pos, neg)
+        predicted = np.where(scores >= threshold, pos, neg)
+        majority = pos if truth.mean() > 0.5 else neg
+        baseline = metrics.classification_report(
+            labels_true, np.full(len(truth), majority), manifest.labels
+        )
+        return {
+            "count": len(truth),
+            "positives": int(truth.sum()),
+            "roc_auc": metrics.roc_auc(truth, scores),
+            **metrics.classification_report(labels_true, predicted, manifest.labels),
+            "majority_baseline": {
+                "predicts": manifest.labels[majority],
+                "accuracy": baseline["accuracy"],
+                "macro_f1": baseline["macro_f1"],
+            },
+        }
+
+    episodes = count_episodes(negative_stream, threshold)
+    hours = negative_seconds / 3600
+    return {
+        "bundle": {"name": manifest.name, "version": manifest.version},
+        "runtime": runtime,
+        "precision": precision,
+        "data": str(data_dir),
+        "split": split,
+        "threshold": threshold,
+        "window": report(w_truth, w_scores),
+        "clip": report(c_truth, c_scores),
+        "false_alarms": {
+            "episodes": episodes,
+            "negative_hours": round(hours, 4),
+            "per_hour": episodes / hours if hours else float("nan"),
+        },
+        "subgroups": _subgroups(per_clip, threshold),
+    }
+
+
+def _subgroups(per_clip: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """Clip-level results per value of each manifest column with a few distinct values.
+
+    A value held by one class only (e.g. a cry recorder's sample rate) is scored against all
+    clips of the other class."""
+    columns: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, c in enumerate(per_clip):
+        clip: Clip = c["clip"]
+        for column, value in clip.extra.items():
+            if value:
+                columns[column][value].append(i)
+    scores = np.array([c["score"] for c in per_clip])
+    truth = np.array([c["positive"] for c in per_clip])
+    out: dict[str, Any] = {}
+    for column, values in sorted(columns.items()):
+        if not 2 <= len(values) <= MAX_SUBGROUP_VALUES:
+            continue
+        out[column] = {}
+        for value, idx in sorted(values.items()):
+            members = np.zeros(len(per_clip), dtype=bool)
+            members[idx] = True
+            if truth[members].all():
+                members |= ~truth
+            elif not truth[members].any():
+                members |= truth
+            sub_truth, sub_scores = truth[members], scores[members]
+            out[column][value] = {
+                "positives": int(sub_truth.sum()),
+                "negatives": int((~sub_truth).sum()),
+                "roc_auc": metrics.roc_auc(sub_truth, sub_scores),
+                "recall": float((sub_scores[sub_truth] >= threshold).mean())
+                if sub_truth.any()
+                else float("nan"),
+                "false_positive_rate": float((sub_scores[~sub_truth] >= threshold).mean())
+                if (~sub_truth).any()
+                else float("nan"),
+            }
+    return out
+
+
+def format_report(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['bundle']['name']} {result['bundle']['version']} on {result['data']} "
+        f"[{result['split']}] via {result['runtime']} {result['precision']}, "
+        f"threshold {result['threshold']:.4f}",
+        f"{'level':<7} {'n':>6} {'pos':>5} {'ROC-AUC':>8} {'acc':>6} {'macroF1':>8} "
+        f"{'baseline acc/F1':>16}",
+    ]
+    for level in ("window", "clip"):
+        r = result[level]
+        b = r["majority_baseline"]
+        lines.append(
+            f"{level:<7} {r['count']:>6} {r['positives']:>5} {r['roc_auc']:>8.4f} "
+            f"{r['accuracy']:>6.3f} {r['macro_f1']:>8.3f} "
+            f"{b['accuracy']:>8.3f}/{b['macro_f1']:.3f}"
+        )
+        for label, c in r["per_class"].items():
+            lines.append(
+                f"  {label:<10} P {c['precision']:.3f}  R {c['recall']:.3f}  "
+                f"F1 {c['f1']:.3f}  n {c['support']}"
+            )
+    fa = result["false_alarms"]
+    lines.append(
+        f"false alarms: {fa['episodes']} episodes in {fa['negative_hours']:.2f} h of "
+        f"negative audio = {fa['per_hour']:.2f} per hour"
+    )
+    for column, values in result["subgroups"].items():
+        for value, r in values.items():
+            lines.append(
+                f"  {column}={value}: ROC-AUC {r['roc_auc']:.4f}, recall "
+                f"{r['recall']:.3f}, FPR {r['false_positive_rate']:.3f} "
+                f"({r['positives']} pos / {r['negatives']} neg)"
+            )
+    return "\n".join(lines)

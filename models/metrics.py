@@ -1,0 +1,84 @@
+"""Detection metrics in numpy: the same code scores training runs and `evaluate`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+
+
+def roc_auc(positive: Array, scores: Array) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half). NaN with one class only."""
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    # Average ranks over ties.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [len(scores)]))
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(positive: Array, scores: Array) -> tuple[Array, Array, Array]:
+    """False-positive rates, true-positive rates and thresholds, from the strictest down."""
+    positive = np.asarray(positive, dtype=bool)
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    s, p = np.asarray(scores)[order], positive[order]
+    distinct = np.flatnonzero(np.diff(s)) if len(s) > 1 else np.array([], dtype=int)
+    idx = np.concatenate((distinct, [len(s) - 1]))
+    tps, fps = np.cumsum(p)[idx], np.cumsum(~p)[idx]
+    tpr = np.concatenate(([0.0], tps / max(int(p.sum()), 1)))
+    fpr = np.concatenate(([0.0], fps / max(int((~p).sum()), 1)))
+    return fpr, tpr, np.concatenate(([np.inf], s[idx]))
+
+
+def precision_recall_curve(positive: Array, scores: Array) -> tuple[Array, Array, Array]:
+    positive = np.asarray(positive, dtype=bool)
+    _, tpr, thresholds = roc_curve(positive, scores)
+    n_pos = int(positive.sum())
+    predicted = np.array([(np.asarray(scores) >= t).sum() for t in thresholds[1:]])
+    tps = tpr[1:] * n_pos
+    precision = np.where(predicted > 0, tps / np.maximum(predicted, 1), 1.0)
+    return precision, tpr[1:], thresholds[1:]
+
+
+def classification_report(truth: Array, predicted: Array, labels: list[str]) -> dict[str, Any]:
+    """Accuracy, confusion matrix, per-class precision/recall/F1, macro-F1."""
+    n = len(labels)
+    confusion = np.zeros((n, n), dtype=np.int64)
+    np.add.at(confusion, (np.asarray(truth), np.asarray(predicted)), 1)
+    per_class = {}
+    for i, label in enumerate(labels):
+        tp = confusion[i, i]
+        precision = tp / confusion[:, i].sum() if confusion[:, i].sum() else 0.0
+        recall = tp / confusion[i].sum() if confusion[i].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(confusion[i].sum()),
+        }
+    total = confusion.sum()
+    return {
+        "accuracy": float(np.trace(confusion) / total) if total else float("nan"),
+        "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
+        "per_class": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
+def best_f1_threshold(positive: Array, scores: Array) -> float:
+    """The score threshold that maximises F1 on the given (validation) data."""
+    precision, recall, thresholds = precision_recall_curve(positive, scores)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall + 1e-12), 0)
+    return float(thresholds[int(np.argmax(f1))])

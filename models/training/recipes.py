@@ -1,0 +1,93 @@
+"""Training recipes: which data, which labels, which front end, which augmentation.
+
+A recipe is data, not code, and is recorded in the bundle's training summary, so a bundle says
+exactly how it was made.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.audio import SILENCE_BELOW_PEAK_DB, SILENCE_FLOOR_DBFS
+from models.frontend import FrontendConfig
+
+
+class Source(BaseModel):
+    """Clips of one dataset folder (some or all of its labels) mapped to one target label."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field(description="Folder name under the data root, e.g. 'cry'.")
+    labels: list[str] | None = Field(None, description="Folder labels to take; None = all.")
+    target: str = Field(description="The recipe label these clips teach.")
+    allow_group_leak: bool = Field(
+        False,
+        description="Accept a dataset whose groups span splits (only when no disjoint split "
+        "exists, e.g. one machine); recorded in the bundle.",
+    )
+
+
+class Augmentation(BaseModel):
+    """On-the-fly augmentation against the datasets' known shortcuts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gain_db: tuple[float, float] = Field((-30.0, 6.0), description="Random gain range.")
+    band_limit_prob: float = Field(
+        0.5, description="Chance of a random low-pass, so 8 kHz-origin audio is no class cue."
+    )
+    cutoff_hz: tuple[float, float] = Field((3400.0, 7600.0), description="Low-pass range.")
+    mix_prob: float = Field(0.5, description="Chance of mixing a negative window underneath.")
+    snr_db: tuple[float, float] = Field((-5.0, 20.0), description="Target-to-mix ratio range.")
+    noise_floor_dbfs: tuple[float, float] = Field(
+        (-85.0, -55.0), description="White noise added to every window (no digital silence)."
+    )
+    shift_s: float = Field(0.25, description="Random time shift of each window's start.")
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Bundle name.")
+    labels: list[str] = Field(description="Output labels, in model output order.")
+    positive: str = Field(description="The label that raises events.")
+    sources: list[Source] = Field(description="Where each label's clips come from.")
+    features: FrontendConfig = Field(description="Front end the model is trained on.")
+    train_hop_s: float = Field(0.5, description="Hop between training windows in a clip.")
+    eval_hop_s: float = Field(0.25, description="Hop for validation/test windows (the edge's).")
+    energy_gate_db: float = Field(
+        SILENCE_BELOW_PEAK_DB,
+        description="Positive-clip windows quieter than the clip's loudest window by more than "
+        "this are not taught as positives (silence between cries).",
+    )
+    min_level_dbfs: float = Field(
+        SILENCE_FLOOR_DBFS, description="Positive windows below this are dropped."
+    )
+    augmentation: Augmentation = Field(default_factory=Augmentation, description="See class.")
+    architecture: Literal["compact_cnn"] = Field("compact_cnn", description="Network.")
+    epochs: int = Field(30, description="Maximum epochs.")
+    patience: int = Field(6, description="Early stopping: epochs without val improvement.")
+    batch_size: int = Field(64, description="Training batch size.")
+    learning_rate: float = Field(2e-3, description="AdamW learning rate.")
+    seed: int = Field(1234, description="Seed for every random choice.")
+
+
+CRY_DETECTOR = Recipe(
+    name="cry-detector",
+    labels=["cry", "other"],
+    positive="cry",
+    sources=[
+        Source(dataset="cry", target="cry"),
+        Source(dataset="events", labels=["crying_baby"], target="cry"),
+        Source(dataset="background", target="other"),
+        Source(dataset="events", labels=["background", "glass_break"], target="other"),
+        Source(dataset="machine", labels=["normal"], target="other", allow_group_leak=True),
+    ],
+    # Gain-invariant features: the events set's glass breaks are normalised to 0 dBFS and its
+    # backgrounds are quieter, a loudness shortcut that per-window normalisation removes.
+    features=FrontendConfig(normalisation="window_mean"),
+)
+
+RECIPES = {CRY_DETECTOR.name: CRY_DETECTOR}

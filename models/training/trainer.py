@@ -1,0 +1,217 @@
+"""Train a recipe into an unsigned bundle: model selection on `val` only, `test` never read.
+
+Writes next to the bundle a run folder with `metrics.json`, `history.json` and PNGs (training
+curves, validation confusion matrix, ROC and PR curves).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from models import metrics
+from models.bundle import Manifest, write_bundle
+from models.frontend import LogMel
+from models.runtimes.onnx import OnnxRuntime
+from models.training import plots
+from models.training.data import (
+    Augmenter,
+    batches,
+    features_of,
+    load_clips,
+    negative_pool,
+    windows_for,
+)
+from models.training.export import export_onnx, quantize_int8
+from models.training.nets import CompactCNN, parameter_count
+from models.training.recipes import Recipe
+
+CALIBRATION_WINDOWS = 512
+
+
+def _seed_everything(seed: int) -> np.random.Generator:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def _predict(model: nn.Module, x: npt.NDArray[np.float32], batch: int = 256) -> npt.NDArray[Any]:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out.append(model(torch.from_numpy(x[i : i + batch, None])).numpy())
+    return np.concatenate(out)
+
+
+def train_recipe(
+    recipe: Recipe,
+    data_root: Path,
+    out_dir: Path,
+    *,
+    version: str,
+    epochs: int | None = None,
+    max_train_windows: int | None = None,
+    threads: int = 2,
+) -> tuple[Path, Manifest]:
+    """Train, select on val, export float + INT8 ONNX, pick the threshold on val, write the
+    bundle folder `out_dir/<name>` (unsigned) and the run folder `out_dir/run`."""
+    torch.set_num_threads(threads)
+    rng = _seed_everything(recipe.seed)
+    run_dir = out_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = recipe.features
+    positive = recipe.labels.index(recipe.positive)
+
+    clips = load_clips(data_root, recipe)
+    train_windows = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
+    val_windows = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
+    if max_train_windows is not None and len(train_windows) > max_train_windows:
+        keep = rng.choice(len(train_windows), max_train_windows, replace=False)
+        train_windows = [train_windows[i] for i in sorted(keep)]
+    negatives = negative_pool(
+        clips, [w for w in train_windows if clips[w.clip].target != positive], cfg.window_samples
+    )
+    augmenter = Augmenter(recipe.augmentation, negatives, cfg.sample_rate)
+    logmel = LogMel(cfg)
+
+    # Validation: the clean windows, plus the same windows augmented once with a fixed seed
+    # (mixtures, band limits), so selection rewards robustness, not only the easy case.
+    val_clean, val_y = features_of(clips, val_windows, logmel, desc="val features")
+    val_aug, _ = features_of(
+        clips,
+        val_windows,
+        logmel,
+        augmenter=augmenter,
+        rng=np.random.default_rng(recipe.seed + 1),
+        desc="val augmented",
+    )
+    val_x, val_t = np.concatenate([val_clean, val_aug]), np.concatenate([val_y, val_y])
+
+    train_targets = np.array([clips[w.clip].target for w in train_windows])
+    counts = np.bincount(train_targets, minlength=len(recipe.labels))
+    class_weights = torch.tensor(
+        len(train_targets) / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32
+    )
+    model = CompactCNN(len(recipe.labels))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-3)
+    max_epochs = epochs or recipe.epochs
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights)
+
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {"auc": -1.0, "loss": np.inf, "epoch": 0, "state": None}
+    last_train_x = val_clean
+    progress = tqdm(range(1, max_epochs + 1), desc="epochs", unit="epoch")
+    for epoch in progress:
+        x, y = features_of(
+            clips,
+            train_windows,
+            logmel,
+            augmenter=augmenter,
+            rng=rng,
+            desc=f"epoch {epoch} features",
+        )
+        last_train_x = x
+        model.train()
+        total = 0.0
+        for idx in batches(len(x), recipe.batch_size, rng):
+            optimiser.zero_grad()
+            loss = loss_fn(model.logits(torch.from_numpy(x[idx, None])), torch.from_numpy(y[idx]))
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+        schedule.step()
+        probs = _predict(model, val_x)
+        val_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(val_t)), val_t], 1e-7, 1))))
+        val_auc = metrics.roc_auc(val_t == positive, probs[:, positive])
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / len(x),
+                "val_loss": val_loss,
+                "val_roc_auc": val_auc,
+            }
+        )
+        progress.set_postfix(train_loss=f"{total / len(x):.4f}", val_auc=f"{val_auc:.4f}")
+        if val_auc > best["auc"] or (val_auc == best["auc"] and val_loss < best["loss"]):
+            best = {
+                "auc": val_auc,
+                "loss": val_loss,
+                "epoch": epoch,
+                "state": copy.deepcopy(model.state_dict()),
+            }
+        elif epoch - best["epoch"] >= recipe.patience:
+            break
+    model.load_state_dict(best["state"])
+    model.eval()
+
+    float_path, int8_path = run_dir / "model_float.onnx", run_dir / "model.onnx"
+    export_onnx(model, cfg.input_shape, float_path)
+    calibration = last_train_x[
+        rng.choice(len(last_train_x), min(CALIBRATION_WINDOWS, len(last_train_x)), replace=False)
+    ]
+    quantize_int8(float_path, int8_path, calibration)
+
+    # The threshold is chosen on the clean validation windows with the shipped INT8 model.
+    int8_val = OnnxRuntime(int8_path, threads=threads).run(val_clean[:, None])[:, positive]
+    threshold = metrics.best_f1_threshold(val_y == positive, int8_val)
+    predicted = np.where(int8_val >= threshold, positive, 1 - positive)
+    val_metrics = {
+        "windows": len(val_y),
+        "roc_auc": metrics.roc_auc(val_y == positive, int8_val),
+        "roc_auc_augmented": metrics.roc_auc(
+            val_y == positive,
+            OnnxRuntime(int8_path, threads=threads).run(val_aug[:, None])[:, positive],
+        ),
+        **metrics.classification_report(val_y, predicted, recipe.labels),
+    }
+    plots.training_curves(history, run_dir / "training_curves.png")
+    plots.confusion(
+        np.array(val_metrics["confusion"]),
+        recipe.labels,
+        run_dir / "val_confusion.png",
+        "validation windows, INT8, at threshold",
+    )
+    plots.roc_pr(val_y == positive, int8_val, run_dir / "val_roc_pr.png", "validation windows")
+
+    training = {
+        "recipe": recipe.model_dump(mode="json"),
+        "architecture": recipe.architecture,
+        "parameters": parameter_count(model),
+        "windows": {"train": len(train_windows), "val": len(val_windows)},
+        "train_class_counts": dict(zip(recipe.labels, counts.tolist(), strict=True)),
+        "epochs_run": len(history),
+        "best_epoch": best["epoch"],
+        "selection": "val ROC-AUC on clean + augmented validation windows",
+        "threshold_selection": "max F1 on clean validation windows, INT8 model",
+        "positive_window_gate": f"dropped if > {recipe.energy_gate_db} dB below the clip's "
+        f"loudest window or below {recipe.min_level_dbfs} dBFS",
+        "quantization": "static QDQ, U8 activations, S8 per-channel weights, reduce_range, "
+        f"{len(calibration)} augmented training windows for calibration",
+    }
+    (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
+    (run_dir / "metrics.json").write_text(json.dumps({"val": val_metrics}, indent=2) + "\n")
+    bundle_dir = out_dir / recipe.name
+    manifest = write_bundle(
+        bundle_dir,
+        name=recipe.name,
+        version=version,
+        task="classification",
+        labels=recipe.labels,
+        thresholds={recipe.positive: round(threshold, 6)},
+        features=cfg,
+        files={"model.onnx": ("onnx", int8_path), "model_float.onnx": ("onnx_float", float_path)},
+        training=training,
+        metrics={"val": val_metrics},
+    )
+    return bundle_dir, manifest

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models import metrics
+
+
+def test_roc_auc_of_perfect_reversed_and_tied_scores() -> None:
+    truth = np.array([0, 0, 1, 1], dtype=bool)
+    assert metrics.roc_auc(truth, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert metrics.roc_auc(truth, np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert metrics.roc_auc(truth, np.full(4, 0.5)) == 0.5
+    assert np.isnan(metrics.roc_auc(np.ones(3, dtype=bool), np.arange(3.0)))
+
+
+def test_roc_auc_matches_scikit_learn() -> None:
+    sklearn = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(3)
+    truth = rng.random(500) < 0.3
+    scores = np.round(rng.random(500) + truth * 0.4, 2)  # rounding makes ties
+    assert metrics.roc_auc(truth, scores) == pytest.approx(sklearn.roc_auc_score(truth, scores))
+
+
+def test_classification_report_counts() -> None:
+    report = metrics.classification_report(
+        np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 0]), ["cry", "other"]
+    )
+    assert report["confusion"] == [[2, 1], [1, 1]]
+    assert report["accuracy"] == pytest.approx(0.6)
+    assert report["per_class"]["cry"]["precision"] == pytest.approx(2 / 3)
+    assert report["per_class"]["other"]["recall"] == pytest.approx(0.5)
+    assert report["macro_f1"] == pytest.approx((2 / 3 + 0.5) / 2)
+
+
+def test_best_f1_threshold_separates_separable_scores() -> None:
+    truth = np.array([0, 0, 0, 1, 1], dtype=bool)
+    scores = np.array([0.1, 0.3, 0.35, 0.7, 0.9])
+    assert 0.35 < metrics.best_f1_threshold(truth, scores) <= 0.7
