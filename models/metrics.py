@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,14 @@ def classification_report(truth: Array, predicted: Array, labels: list[str]) -> 
     }
 
 
-def best_f1_threshold(positive: Array, scores: Array) -> float:
-    """The score threshold that maximises F1 on the given (validation) data."""
+def best_f1_threshold(
+    positive: Array, scores: Array, allowed: Callable[[float], bool] | None = None
+) -> float:
+    """The score threshold that maximises F1 on the given (validation) data, among those
+    `allowed` accepts; when it accepts none, the strictest threshold."""
     precision, recall, thresholds = precision_recall_curve(positive, scores)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall + 1e-12), 0)
-    return float(thresholds[int(np.argmax(f1))])
+    for index in np.argsort(-f1, kind="stable"):
+        if allowed is None or allowed(float(thresholds[index])):
+            return float(thresholds[index])
+    return float(thresholds[0])

@@ -15,7 +15,7 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 CRY_8K_ORIGIN = FIXTURE_AUDIO / "cry" / "donateacry_android_035c6b30.wav"
 CRY_FULL_BAND = FIXTURE_AUDIO / "cry" / "donateacry_ios_045c5483.wav"
-SPEECH = FIXTURE_AUDIO / "speech" / "fsdd_3_theo_10.wav"
+SPEECH = FIXTURE_AUDIO / "other" / "fsdd_3_theo_10.wav"
 
 
 @pytest.fixture(scope="session")

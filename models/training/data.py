@@ -162,6 +162,8 @@ def negative_pool(clips: list[ClipAudio], windows: list[Window], window: int) ->
 
 
 def batches(n: int, size: int, rng: np.random.Generator) -> Iterator[npt.NDArray[np.int64]]:
+    """Shuffled batches; a last batch under half size is dropped (it destabilises batch norm)."""
     order = rng.permutation(n)
     for start in range(0, n, size):
-        yield order[start : start + size]
+        if n - start >= size // 2 or start == 0:
+            yield order[start : start + size]

@@ -67,8 +67,11 @@ class Recipe(BaseModel):
     )
     augmentation: Augmentation = Field(default_factory=Augmentation, description="See class.")
     architecture: Literal["compact_cnn"] = Field("compact_cnn", description="Network.")
-    epochs: int = Field(30, description="Maximum epochs.")
-    patience: int = Field(6, description="Early stopping: epochs without val improvement.")
+    max_false_alarms_per_hour: float = Field(
+        1.0, description="False-alarm budget on the validation negatives for the threshold."
+    )
+    epochs: int = Field(40, description="Maximum epochs.")
+    patience: int = Field(8, description="Early stopping: epochs without val improvement.")
     batch_size: int = Field(64, description="Training batch size.")
     learning_rate: float = Field(2e-3, description="AdamW learning rate.")
     seed: int = Field(1234, description="Seed for every random choice.")

@@ -27,7 +27,7 @@ def test_dataset_prints_counts_and_writes_json(
     out_json = tmp_path / "summary.json"
     assert main(["dataset", str(FIXTURE_AUDIO), "--json", str(out_json)]) == 0
     assert "4 clips" in capsys.readouterr().out
-    assert json.loads(out_json.read_text())["labels"] == {"cry": 2, "speech": 2}
+    assert json.loads(out_json.read_text())["labels"] == {"cry": 2, "other": 2}
 
 
 def test_bad_dataset_exits_1_with_the_problems(

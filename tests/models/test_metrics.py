@@ -37,3 +37,12 @@ def test_best_f1_threshold_separates_separable_scores() -> None:
     truth = np.array([0, 0, 0, 1, 1], dtype=bool)
     scores = np.array([0.1, 0.3, 0.35, 0.7, 0.9])
     assert 0.35 < metrics.best_f1_threshold(truth, scores) <= 0.7
+
+
+def test_best_f1_threshold_respects_the_allowed_predicate() -> None:
+    truth = np.array([0, 0, 0, 1, 1], dtype=bool)
+    scores = np.array([0.1, 0.3, 0.8, 0.7, 0.9])
+    unconstrained = metrics.best_f1_threshold(truth, scores)
+    strict = metrics.best_f1_threshold(truth, scores, allowed=lambda t: t > 0.8)
+    assert unconstrained <= 0.7
+    assert strict == pytest.approx(0.9)

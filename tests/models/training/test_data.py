@@ -65,3 +65,20 @@ def test_augmentation_is_reproducible_from_the_seed() -> None:
     second = augmenter(cry, np.random.default_rng(5), mix=True)
     np.testing.assert_array_equal(first, second)
     assert not np.array_equal(first, augmenter(cry, np.random.default_rng(6), mix=True))
+
+
+def test_source_balanced_weights_make_every_class_and_source_count_alike() -> None:
+    from models.training.data import Window
+    from models.training.trainer import source_balanced_weights
+
+    silence = np.zeros(RATE, dtype=np.float32)
+    clips = [
+        ClipAudio(samples=silence, target=0, split="train", group="a", source="cry/hungry"),
+        ClipAudio(samples=silence, target=1, split="train", group="b", source="bg/speech"),
+        ClipAudio(samples=silence, target=1, split="train", group="c", source="bg/music"),
+    ]
+    windows = [Window(0, 0)] * 4 + [Window(1, 0)] * 6 + [Window(2, 0)] * 2
+    weights = source_balanced_weights(clips, windows)
+    cry, speech, music = weights[:4].sum(), weights[4:10].sum(), weights[10:].sum()
+    assert cry == pytest.approx(speech + music)
+    assert speech == pytest.approx(music)
