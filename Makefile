@@ -23,6 +23,8 @@ demo: system-packages $(VENV)/.installed
 	$(VENV)/bin/soundwarden-models dataset tests/fixtures/audio
 	$(VENV)/bin/soundwarden-models features tests/fixtures/audio/cry/donateacry_ios_045c5483.wav \
 		--png $(DEMO_OUT)/spectrogram.png
+	$(VENV)/bin/soundwarden-models evaluate --bundle models/pretrained/cry-detector \
+		--data tests/fixtures/audio --split all
 	@echo "Open $(DEMO_OUT)/spectrogram.png to see what the model hears."
 
 test: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed lint typecheck pytest

@@ -38,6 +38,17 @@ class EvaluationError(ValueError):
     pass
 
 
+def window_scores(model: BundleModel, samples: np.ndarray, label: str) -> np.ndarray:
+    """`label`'s score for every window at the edge's hop (a short clip is zero-padded)."""
+    cfg = model.manifest.features
+    padded = np.pad(samples, (0, max(0, cfg.window_samples - len(samples))))
+    hop = int(EDGE_HOP_S * cfg.sample_rate)
+    scores: np.ndarray = model.scores(model.logmel.windows(padded, hop))[
+        :, model.manifest.labels.index(label)
+    ]
+    return scores
+
+
 def evaluate(
     bundle: Bundle,
     data_dir: Path,
@@ -65,14 +76,14 @@ def evaluate(
     window, hop = cfg.window_samples, int(EDGE_HOP_S * cfg.sample_rate)
 
     per_clip: list[dict[str, Any]] = []
-    window_scores, window_truth = [], []
+    kept_scores: list[np.ndarray] = []
+    window_truth: list[np.ndarray] = []
     negative_stream: list[float] = []
     negative_seconds = 0.0
     for clip in tqdm(clips, desc="evaluate", unit="clip"):
         samples = load_mono(clip.path, cfg.sample_rate)
         padded = np.pad(samples, (0, max(0, window - len(samples))))
-        feats = model.logmel.windows(padded, hop)
-        scores = model.scores(feats)[:, pos]
+        scores = window_scores(model, samples, positive_label)
         is_pos = clip.label == positive_label
         keep = (
             energy_gate(
@@ -86,14 +97,14 @@ def evaluate(
             else None
         )
         kept = scores[keep] if keep is not None else scores
-        window_scores.append(kept)
+        kept_scores.append(kept)
         window_truth.append(np.full(len(kept), is_pos))
         if not is_pos:
             negative_stream += scores.tolist()
             negative_seconds += len(samples) / cfg.sample_rate
         per_clip.append({"clip": clip, "score": float(scores.max()), "positive": is_pos})
 
-    w_scores, w_truth = np.concatenate(window_scores), np.concatenate(window_truth)
+    w_scores, w_truth = np.concatenate(kept_scores), np.concatenate(window_truth)
     c_scores = np.array([c["score"] for c in per_clip])
     c_truth = np.array([c["positive"] for c in per_clip])
     neg = 1 - pos

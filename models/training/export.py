@@ -2,6 +2,9 @@
 
 INT8 uses per-channel weights with `reduce_range=True`: on x86 CPUs without VNNI (like these)
 onnxruntime's U8S8 kernels can saturate 8-bit intermediate sums, and accuracy collapses without it.
+The classifier head (the last Gemm and the Softmax) stays float: quantized to 1/255 steps, the
+probabilities of confident windows collapse onto a few values, and those ties cost measurable
+ROC-AUC (0.9998 -> 0.9945 on the dev test clips) for a saving of 256 multiply-adds.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import onnx
 import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -41,6 +45,16 @@ def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path
     )
 
 
+def _head_nodes(model_path: Path) -> list[str]:
+    """The Softmax producing the output and the node feeding it."""
+    graph = onnx.load(str(model_path)).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    softmax = producers[graph.output[0].name]
+    if softmax.op_type != "Softmax":
+        raise ValueError(f"expected the graph to end in Softmax, found {softmax.op_type}")
+    return [softmax.name, producers[softmax.input[0]].name]
+
+
 class _Calibration(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime is untyped
     def __init__(self, windows: npt.NDArray[np.float32], batch: int = 32) -> None:
         self._batches = iter(
@@ -60,6 +74,7 @@ def quantize_int8(float_path: Path, int8_path: Path, calibration: npt.NDArray[np
             str(prepared),
             str(int8_path),
             _Calibration(calibration),
+            nodes_to_exclude=_head_nodes(prepared),
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
