@@ -8,6 +8,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 EDGE_VENV := .venv-edge
+TFLITE_VENV := .venv-tflite
 PIP_INSTALL = pip install --quiet --constraint constraints.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages: compilers and headers for PyAudio (portaudio) and systemd-python, libsndfile,
@@ -27,7 +28,8 @@ demo: system-packages $(VENV)/.installed
 		--data tests/fixtures/audio --split all
 	@echo "Open $(DEMO_OUT)/spectrogram.png to see what the model hears."
 
-test: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed lint typecheck pytest
+test: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed $(TFLITE_VENV)/.installed \
+	lint typecheck pytest
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
@@ -36,8 +38,9 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
-pytest: $(VENV)/.installed $(EDGE_VENV)/.installed
-	SOUNDWARDEN_EDGE_VENV=$(EDGE_VENV) $(VENV)/bin/python -m pytest
+pytest: $(VENV)/.installed $(EDGE_VENV)/.installed $(TFLITE_VENV)/.installed
+	SOUNDWARDEN_EDGE_VENV=$(EDGE_VENV) SOUNDWARDEN_TFLITE_PYTHON=$(TFLITE_VENV)/bin/python \
+		$(VENV)/bin/python -m pytest
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -53,7 +56,7 @@ system-packages:
 # The development environment: every extra (torch is the CPU build pinned in constraints.txt).
 $(VENV)/.installed: pyproject.toml constraints.txt
 	[ -x $(VENV)/bin/python ] || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/$(PIP_INSTALL) --editable '.[edge,mic,cloud,train,dev]'
+	$(VENV)/bin/$(PIP_INSTALL) --editable '.[edge,mic,tflite,cloud,train,dev]'
 	touch $@
 
 # What a Raspberry Pi gets: the edge extra alone. Tests check it holds no torch or librosa.
@@ -62,5 +65,13 @@ $(EDGE_VENV)/.installed: pyproject.toml constraints.txt
 	$(EDGE_VENV)/bin/$(PIP_INSTALL) --editable '.[edge]'
 	touch $@
 
+# The TFLite converter (litert-torch) lives apart: its dependencies clash with the main
+# environment's (see constraints-tflite.txt). Training calls it as a subprocess.
+$(TFLITE_VENV)/.installed: constraints-tflite.txt
+	[ -x $(TFLITE_VENV)/bin/python ] || $(PYTHON) -m venv $(TFLITE_VENV)
+	$(TFLITE_VENV)/bin/pip install --quiet --constraint constraints-tflite.txt \
+		torch==2.13.0 litert-torch==0.10.0
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(EDGE_VENV) out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(EDGE_VENV) $(TFLITE_VENV) out .mypy_cache .ruff_cache .pytest_cache

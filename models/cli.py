@@ -22,6 +22,7 @@ from models.signing import SigningKeyError, TrustedKeys, generate_keypair, load_
 
 WINDOW_HOP_S = 0.25
 DEFAULT_TRUSTED = Path(__file__).parent / "pretrained" / "keys"
+DEFAULT_TFLITE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-tflite" / "bin" / "python"
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -114,20 +115,35 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from models.training.anomaly import train_anomaly
     from models.training.recipes import RECIPES
     from models.training.trainer import train_recipe
 
     private_key = load_private_key(args.key)
     trusted = TrustedKeys([private_key.public_key()])
-    bundle_dir, manifest = train_recipe(
-        RECIPES[args.recipe],
-        args.data,
-        args.out,
-        version=args.version,
-        epochs=args.epochs,
-        max_train_windows=args.max_train_windows,
-        threads=args.threads,
-    )
+    recipe = RECIPES[args.recipe]
+    tflite_python = None if args.no_tflite else args.tflite_python
+    if recipe.task == "anomaly":
+        bundle_dir, manifest = train_anomaly(
+            recipe,
+            args.data,
+            args.out,
+            version=args.version,
+            epochs=args.epochs,
+            threads=args.threads,
+            tflite_python=tflite_python,
+        )
+    else:
+        bundle_dir, manifest = train_recipe(
+            recipe,
+            args.data,
+            args.out,
+            version=args.version,
+            epochs=args.epochs,
+            max_train_windows=args.max_train_windows,
+            threads=args.threads,
+            tflite_python=tflite_python,
+        )
     sign_bundle(bundle_dir, private_key)
     print(
         f"trained {manifest.name} {manifest.version}: {bundle_dir} (run details in "
@@ -228,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("train", help="train a recipe into a signed bundle (needs [train])")
-    p.add_argument("--recipe", default="cry-detector", help="recipe name (cry-detector)")
+    p.add_argument(
+        "--recipe",
+        default="cry-detector",
+        help="cry-detector (classifier) or machine-anomaly (autoencoder)",
+    )
     p.add_argument("--data", type=Path, required=True, help="root holding the dataset folders")
     p.add_argument("--out", type=Path, required=True, help="output folder (bundle + run/)")
     p.add_argument("--key", type=Path, required=True, help="private key to sign with")
@@ -236,11 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--eval-data",
         type=Path,
-        help="binary-view dataset folder: evaluate the test split once, record it",
+        help="dataset folder with the bundle's labels (the binary view for cry-detector, "
+        "the machine folder for machine-anomaly): evaluate its test split once, record it",
     )
     p.add_argument("--epochs", type=int, help="override the recipe's maximum epochs")
     p.add_argument("--max-train-windows", type=int, help="subsample training windows (smoke runs)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--tflite-python",
+        type=Path,
+        default=DEFAULT_TFLITE_PYTHON,
+        help="interpreter of the litert-torch environment (default: .venv-tflite)",
+    )
+    p.add_argument("--no-tflite", action="store_true", help="bundle ONNX only")
     p.set_defaults(func=_train)
     return parser
 

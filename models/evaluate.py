@@ -58,8 +58,6 @@ def evaluate(
     precision: str = "int8",
 ) -> dict[str, Any]:
     manifest = bundle.manifest
-    if manifest.task != "classification":
-        raise EvaluationError("evaluate handles classification bundles; anomaly is not yet here")
     dataset = read_dataset(data_dir)
     if set(dataset.labels) != set(manifest.labels):
         raise EvaluationError(
@@ -163,7 +161,8 @@ def _subgroups(per_clip: list[dict[str, Any]], threshold: float) -> dict[str, An
     truth = np.array([c["positive"] for c in per_clip])
     out: dict[str, Any] = {}
     for column, values in sorted(columns.items()):
-        if not 2 <= len(values) <= MAX_SUBGROUP_VALUES:
+        shared = any(len(idx) > 1 for idx in values.values())  # not a per-clip identifier
+        if not shared or not 2 <= len(values) <= MAX_SUBGROUP_VALUES:
             continue
         out[column] = {}
         for value, idx in sorted(values.items()):
@@ -191,7 +190,7 @@ def _subgroups(per_clip: list[dict[str, Any]], threshold: float) -> dict[str, An
 def format_report(result: dict[str, Any]) -> str:
     lines = [
         f"{result['bundle']['name']} {result['bundle']['version']} on {result['data']} "
-        f"[{result['split']}] via {result['runtime']} {result['precision']}, "
+        f"[{result['split'] or 'all'}] via {result['runtime']} {result['precision']}, "
         f"threshold {result['threshold']:.4f}",
         f"{'level':<7} {'n':>6} {'pos':>5} {'ROC-AUC':>8} {'acc':>6} {'macroF1':>8} "
         f"{'baseline acc/F1':>16}",

@@ -174,14 +174,16 @@ def main() -> None:
             row[f"cnn_{precision}"] = _auc_report(truth, scores, clips)
         results["variants"][name] = row
     window = models["int8"].logmel.windows(test[0]["samples"], 4000)[:1]
-    results["models"] = {
-        f"cnn_{p}": {
-            "file_bytes": bundle.path("onnx" if p == "int8" else "onnx_float").stat().st_size,
-            "parameters": bundle.manifest.training.get("parameters"),
-            "latency_ms_per_window_1_thread": round(_latency_ms(m, window), 3),
-        }
-        for p, m in models.items()
-    }
+    results["models"] = {}
+    for runtime in ("onnx", "tflite"):
+        for precision in ("int8", "float"):
+            role = runtime if precision == "int8" else f"{runtime}_float"
+            model = BundleModel(bundle, runtime=runtime, precision=precision)  # type: ignore[arg-type]
+            results["models"][f"cnn_{runtime}_{precision}"] = {
+                "file_bytes": bundle.path(role).stat().st_size,  # type: ignore[arg-type]
+                "parameters": bundle.manifest.training.get("parameters"),
+                "latency_ms_per_window_1_thread": round(_latency_ms(model, window), 3),
+            }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 

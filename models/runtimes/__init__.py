@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 
-_MODULES = {"onnx": "models.runtimes.onnx"}
+_MODULES = {"onnx": "models.runtimes.onnx", "tflite": "models.runtimes.tflite"}
 _REGISTRY: dict[str, type[Runtime]] = {}
 
 
@@ -55,6 +55,7 @@ def runtime_class(kind: str) -> type[Runtime]:
             importlib.import_module(_MODULES[kind])
         except ImportError as exc:
             raise RuntimeUnavailableError(
-                f"runtime {kind!r} is not installed ({exc}); install soundwarden[edge]"
+                f"runtime {kind!r} is not installed ({exc}); install soundwarden[edge] (onnx) "
+                "or soundwarden[tflite]"
             ) from exc
     return _REGISTRY[kind]

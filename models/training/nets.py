@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -38,6 +40,7 @@ class CompactCNN(nn.Module):
 
     def __init__(self, n_labels: int, width: int = 32) -> None:
         super().__init__()
+        self.spec = {"architecture": "compact_cnn", "n_labels": n_labels, "width": width}
         self.features = nn.Sequential(
             _conv(1, width // 2, stride=2),
             _conv(width // 2, width),
@@ -60,5 +63,71 @@ class CompactCNN(nn.Module):
         return torch.softmax(self.logits(features), dim=1)
 
 
+class ConvAutoencoder(nn.Module):
+    """Anomaly model: reconstructs a log-mel window; the score is the mean squared error.
+
+    Trained on normal sounds only (the DCASE 2020 Task 2 baseline idea, convolutional). The
+    input is standardised with the training windows' mean and spread, kept in the graph, and
+    the exported model outputs the score itself: (batch, 1).
+    """
+
+    def __init__(
+        self,
+        mean: float = -50.0,
+        std: float = 20.0,
+        width: int = 16,
+        frames: int = 97,
+    ) -> None:
+        super().__init__()
+        self.spec = {
+            "architecture": "conv_autoencoder",
+            "mean": mean,
+            "std": std,
+            "width": width,
+            "frames": frames,
+        }
+        self.mean, self.std = mean, std  # graph constants after export
+        self.encoder = nn.Sequential(
+            _conv(1, width, stride=2),
+            _conv(width, 2 * width, stride=2),
+            _conv(2 * width, 4 * width, stride=2),
+            nn.Conv2d(4 * width, width, 1),
+        )
+
+        # The window is cropped to a multiple of 8 frames (97 -> 96) so every up-sampling is
+        # an exact x2: nearest resizing at fractional ratios is computed differently by torch
+        # and TFLite (scores came out twice as high), and TFLite cannot convert the
+        # transposed convolutions odd sizes would need.
+        self.frames = frames - frames % 8
+        self.decoder = nn.Sequential(
+            nn.Conv2d(width, 4 * width, 1),
+            nn.ReLU(inplace=True),
+            nn.Upsample(scale_factor=2.0),
+            _conv(4 * width, 2 * width),
+            nn.Upsample(scale_factor=2.0),
+            _conv(2 * width, width),
+            nn.Upsample(scale_factor=2.0),
+            nn.Conv2d(width, 1, 3, padding=1),
+        )
+
+    def reconstruction_error(self, features: torch.Tensor) -> torch.Tensor:
+        x = (features[:, :, : self.frames] - self.mean) / self.std
+        error: torch.Tensor = (self.decoder(self.encoder(x)) - x).pow(2)
+        return error
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.reconstruction_error(features).mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build(spec: dict[str, Any]) -> nn.Module:
+    """A network from the `spec` it reports: how the TFLite converter rebuilds it."""
+    kwargs = {k: v for k, v in spec.items() if k != "architecture"}
+    networks: dict[str, type[nn.Module]] = {
+        "compact_cnn": CompactCNN,
+        "conv_autoencoder": ConvAutoencoder,
+    }
+    return networks[spec["architecture"]](**kwargs)

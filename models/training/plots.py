@@ -17,15 +17,18 @@ from models import metrics
 
 def training_curves(history: list[dict[str, float]], out: Path) -> None:
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train (augmented)")
+    with_auc = "val_roc_auc" in history[0]
+    fig, axes = plt.subplots(1, 2 if with_auc else 1, figsize=(10 if with_auc else 5, 3.5))
+    ax_loss = axes[0] if with_auc else axes
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], label="val")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    ax_auc.plot(epochs, [h["val_roc_auc"] for h in history], color="tab:green")
-    ax_auc.set_xlabel("epoch")
-    ax_auc.set_ylabel("val ROC-AUC (clean + augmented)")
+    if with_auc:
+        axes[1].plot(epochs, [h["val_roc_auc"] for h in history], color="tab:green")
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel("val ROC-AUC (clean + augmented)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

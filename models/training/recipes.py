@@ -51,6 +51,11 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(description="Bundle name.")
+    task: Literal["classification", "anomaly"] = Field(
+        "classification",
+        description="'anomaly' trains on the negative label's clips only and scores the "
+        "positive label by reconstruction error.",
+    )
     labels: list[str] = Field(description="Output labels, in model output order.")
     positive: str = Field(description="The label that raises events.")
     sources: list[Source] = Field(description="Where each label's clips come from.")
@@ -66,7 +71,9 @@ class Recipe(BaseModel):
         SILENCE_FLOOR_DBFS, description="Positive windows below this are dropped."
     )
     augmentation: Augmentation = Field(default_factory=Augmentation, description="See class.")
-    architecture: Literal["compact_cnn"] = Field("compact_cnn", description="Network.")
+    architecture: Literal["compact_cnn", "conv_autoencoder"] = Field(
+        "compact_cnn", description="Network."
+    )
     max_false_alarms_per_hour: float = Field(
         1.0, description="False-alarm budget on the validation negatives for the threshold."
     )
@@ -93,4 +100,19 @@ CRY_DETECTOR = Recipe(
     features=FrontendConfig(normalisation="window_mean"),
 )
 
-RECIPES = {CRY_DETECTOR.name: CRY_DETECTOR}
+MACHINE_ANOMALY = Recipe(
+    name="machine-anomaly",
+    task="anomaly",
+    labels=["abnormal", "normal"],
+    positive="abnormal",
+    sources=[Source(dataset="machine", labels=["normal"], target="normal", allow_group_leak=True)],
+    # Absolute levels: a machine that gets louder is news. One microphone per machine.
+    features=FrontendConfig(),
+    architecture="conv_autoencoder",
+    epochs=60,
+    patience=10,
+    batch_size=32,
+    learning_rate=1e-3,
+)
+
+RECIPES = {r.name: r for r in (CRY_DETECTOR, MACHINE_ANOMALY)}

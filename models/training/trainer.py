@@ -35,11 +35,9 @@ from models.training.data import (
     negative_pool,
     windows_for,
 )
-from models.training.export import export_onnx, quantize_int8
+from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
 from models.training.nets import CompactCNN, parameter_count
 from models.training.recipes import Recipe
-
-CALIBRATION_WINDOWS = 512
 
 
 def _seed_everything(seed: int) -> np.random.Generator:
@@ -77,9 +75,11 @@ def train_recipe(
     epochs: int | None = None,
     max_train_windows: int | None = None,
     threads: int = 2,
+    tflite_python: Path | None = None,
 ) -> tuple[Path, Manifest]:
     """Train, select on val, export float + INT8 ONNX, pick the threshold on val, write the
-    bundle folder `out_dir/<name>` (unsigned) and the run folder `out_dir/run`."""
+    bundle folder `out_dir/<name>` (unsigned) and the run folder `out_dir/run`. With
+    `tflite_python` (the converter environment's interpreter) the bundle gets TFLite too."""
     torch.set_num_threads(threads)
     rng = _seed_everything(recipe.seed)
     run_dir = out_dir / "run"
@@ -172,12 +172,13 @@ def train_recipe(
     model.load_state_dict(best["state"])
     model.eval()
 
-    float_path, int8_path = run_dir / "model_float.onnx", run_dir / "model.onnx"
-    export_onnx(model, cfg.input_shape, float_path)
     calibration = last_train_x[
         rng.choice(len(last_train_x), min(CALIBRATION_WINDOWS, len(last_train_x)), replace=False)
     ]
-    quantize_int8(float_path, int8_path, calibration)
+    files = export_bundle_files(
+        model, cfg.input_shape, calibration, run_dir, tflite_python=tflite_python
+    )
+    int8_path = files["model.onnx"][1]
 
     # The threshold is chosen on the clean validation windows with the shipped INT8 model:
     # the best F1 among thresholds whose false alarms on the validation negatives, played as
@@ -241,7 +242,7 @@ def train_recipe(
         labels=recipe.labels,
         thresholds={recipe.positive: round(threshold, 6)},
         features=cfg,
-        files={"model.onnx": ("onnx", int8_path), "model_float.onnx": ("onnx_float", float_path)},
+        files=files,
         training=training,
         metrics={"val": val_metrics},
     )

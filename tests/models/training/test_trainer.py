@@ -108,3 +108,38 @@ def test_evaluate_refuses_a_folder_with_other_labels(tiny_data: Path, tmp_path: 
         EvaluationError, match=r"do not match the bundle's labels \['cry', 'other'\]"
     ):
         evaluate(bundle, tiny_data / "cry")
+
+
+def test_anomaly_training_scores_unseen_sounds_above_normal_ones(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    from models.training.anomaly import train_anomaly
+    from models.training.recipes import MACHINE_ANOMALY
+
+    # "Normal" is the speech and noise of the tiny set; cries are the anomaly to notice.
+    recipe = MACHINE_ANOMALY.model_copy(
+        update={
+            "sources": [Source(dataset="background", target="normal")],
+        }
+    )
+    bundle_dir, manifest = train_anomaly(
+        recipe, tiny_data, tmp_path / "out", version="0.0.1", epochs=3, threads=1
+    )
+    assert manifest.task == "anomaly" and manifest.labels == ["abnormal", "normal"]
+    assert manifest.thresholds["abnormal"] > 0
+    private, public = generate_keypair(tmp_path / "keys", "k")
+    sign_bundle(bundle_dir, load_private_key(private))
+    bundle = load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
+
+    view = tmp_path / "view"
+    shutil.copytree(tiny_data / "cry" / "hungry", view / "abnormal")
+    shutil.copytree(tiny_data / "background" / "speech", view / "normal")
+    rows = ["path,label,split,group"] + [
+        f"{label}/{i}.wav,{label},{split},{label}{i}"
+        for label in ("abnormal", "normal")
+        for i, split in enumerate(SPLITS)
+    ]
+    (view / "manifest.csv").write_text("\n".join(rows) + "\n")
+    result = evaluate(bundle, view, split=None)
+    assert result["clip"]["count"] == 6
+    assert result["clip"]["positives"] == 3
