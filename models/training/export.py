@@ -37,7 +37,9 @@ CALIBRATION_WINDOWS = 512  # training windows that set the INT8 activation range
 def export_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
     """Float ONNX with a dynamic batch dimension, in one self-contained file."""
     model = model.eval()
-    example = torch.zeros(input_shape)
+    # An example batch of 2: torch.export specialises any dimension whose example size is 1,
+    # which would bake batch 1 into the attention's reshapes.
+    example = torch.zeros((2, *input_shape[1:]))
     torch.onnx.export(
         model,
         (example,),

@@ -31,7 +31,18 @@ class _Residual(nn.Module):
         return out
 
 
-class CompactCNN(nn.Module):
+class Classifier(nn.Module):
+    """A network that scores labels: `logits` for training, softmax probabilities as output
+    (so the exported graph needs no post-processing)."""
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits(features), dim=1)
+
+
+class CompactCNN(Classifier):
     """The edge classifier: a strided stem, two residual stages, mean+max pooling, softmax.
 
     About 120k parameters and ~20 M multiply-adds per 97x64 window, sized for one Raspberry
@@ -59,8 +70,44 @@ class CompactCNN(nn.Module):
         pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         return self.head(self.dropout(pooled))  # type: ignore[no-any-return]
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.logits(features), dim=1)
+
+class ConvAttention(Classifier):
+    """The alternative classifier: SoundDitect's 1D-CNN + multi-head attention design, applied
+    to log-mel frames (mel bands as channels) instead of raw 44.1 kHz samples, so it shares the
+    bundle input contract. Temporal convolutions, then self-attention across the frames, then
+    mean + max pooling over time and a softmax head.
+    """
+
+    def __init__(self, n_labels: int, n_mels: int = 64, width: int = 96, heads: int = 4) -> None:
+        super().__init__()
+        self.spec = {
+            "architecture": "conv_attention",
+            "n_labels": n_labels,
+            "n_mels": n_mels,
+            "width": width,
+            "heads": heads,
+        }
+        self.convs = nn.Sequential(
+            nn.Conv1d(n_mels, width, 5, padding=2, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(width, width, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm1d(width),
+            nn.ReLU(inplace=True),
+        )
+        self.attention = nn.MultiheadAttention(width, heads, dropout=0.1, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(2 * width, n_labels)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        # (batch, 1, frames, mels) -> (batch, mels, frames): frames are the sequence.
+        h = self.convs(features[:, 0].transpose(1, 2) / 20.0).transpose(1, 2)
+        attended, _ = self.attention(h, h, h, need_weights=False)
+        h = self.norm(h + attended)
+        pooled = torch.cat([h.mean(dim=1), h.amax(dim=1)], dim=1)
+        out: torch.Tensor = self.head(self.dropout(pooled))
+        return out
 
 
 class ConvAutoencoder(nn.Module):
@@ -128,6 +175,7 @@ def build(spec: dict[str, Any]) -> nn.Module:
     kwargs = {k: v for k, v in spec.items() if k != "architecture"}
     networks: dict[str, type[nn.Module]] = {
         "compact_cnn": CompactCNN,
+        "conv_attention": ConvAttention,
         "conv_autoencoder": ConvAutoencoder,
     }
     return networks[spec["architecture"]](**kwargs)

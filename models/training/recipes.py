@@ -71,7 +71,7 @@ class Recipe(BaseModel):
         SILENCE_FLOOR_DBFS, description="Positive windows below this are dropped."
     )
     augmentation: Augmentation = Field(default_factory=Augmentation, description="See class.")
-    architecture: Literal["compact_cnn", "conv_autoencoder"] = Field(
+    architecture: Literal["compact_cnn", "conv_attention", "conv_autoencoder"] = Field(
         "compact_cnn", description="Network."
     )
     max_false_alarms_per_hour: float = Field(
@@ -100,6 +100,11 @@ CRY_DETECTOR = Recipe(
     features=FrontendConfig(normalisation="window_mean"),
 )
 
+# The same data and augmentation through the alternative network (not a default bundle).
+CRY_DETECTOR_ATTENTION = CRY_DETECTOR.model_copy(
+    update={"name": "cry-detector-attention", "architecture": "conv_attention"}
+)
+
 MACHINE_ANOMALY = Recipe(
     name="machine-anomaly",
     task="anomaly",
@@ -115,4 +120,4 @@ MACHINE_ANOMALY = Recipe(
     learning_rate=1e-3,
 )
 
-RECIPES = {r.name: r for r in (CRY_DETECTOR, MACHINE_ANOMALY)}
+RECIPES = {r.name: r for r in (CRY_DETECTOR, CRY_DETECTOR_ATTENTION, MACHINE_ANOMALY)}

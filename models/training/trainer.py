@@ -36,7 +36,7 @@ from models.training.data import (
     windows_for,
 )
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
-from models.training.nets import CompactCNN, parameter_count
+from models.training.nets import Classifier, build, parameter_count
 from models.training.recipes import Recipe
 
 
@@ -115,7 +115,9 @@ def train_recipe(
     train_targets = np.array([clips[w.clip].target for w in train_windows])
     counts = np.bincount(train_targets, minlength=len(recipe.labels))
     window_weights = torch.from_numpy(source_balanced_weights(clips, train_windows))
-    model = CompactCNN(len(recipe.labels))
+    model = build({"architecture": recipe.architecture, "n_labels": len(recipe.labels)})
+    if not isinstance(model, Classifier):
+        raise ValueError(f"{recipe.architecture} is not a classifier")
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-3)
     max_epochs = epochs or recipe.epochs
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max_epochs)

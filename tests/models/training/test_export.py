@@ -27,13 +27,19 @@ def _real_windows() -> np.ndarray:
     )
 
 
-def test_compact_cnn_fits_the_edge_budget() -> None:
-    assert parameter_count(CompactCNN(2)) <= 300_000
+@pytest.mark.parametrize("architecture", ["compact_cnn", "conv_attention"])
+def test_edge_classifiers_fit_the_parameter_budget(architecture: str) -> None:
+    from models.training.nets import build
+
+    assert parameter_count(build({"architecture": architecture, "n_labels": 2})) <= 300_000
 
 
-def test_torch_onnx_float_and_int8_agree_on_real_windows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("architecture", ["compact_cnn", "conv_attention"])
+def test_torch_onnx_float_and_int8_agree_on_real_windows(tmp_path: Path, architecture: str) -> None:
+    from models.training.nets import build
+
     torch.manual_seed(0)
-    model = CompactCNN(2).eval()
+    model = build({"architecture": architecture, "n_labels": 2}).eval()
     windows = _real_windows()
     with torch.no_grad():
         expected = model(torch.from_numpy(windows[:, None])).numpy()
@@ -55,28 +61,29 @@ def _tflite_python() -> Path:
     return Path(configured).absolute()  # not resolve(): a venv python is a symlink
 
 
-@pytest.mark.parametrize("architecture", ["compact_cnn", "conv_autoencoder"])
+@pytest.mark.parametrize("architecture", ["compact_cnn", "conv_attention", "conv_autoencoder"])
 def test_torch_and_tflite_float_and_int8_agree_on_real_windows(
     tmp_path: Path, architecture: str
 ) -> None:
     from models.runtimes.tflite import TfliteRuntime
     from models.training.export import export_tflite
-    from models.training.nets import ConvAutoencoder
+    from models.training.nets import build
 
     torch.manual_seed(0)
     windows = _real_windows()
-    model = (
-        CompactCNN(2)
-        if architecture == "compact_cnn"
-        else ConvAutoencoder(mean=float(windows.mean()), std=float(windows.std()))
-    ).eval()
+    spec: dict[str, object] = {"architecture": architecture}
+    if architecture == "conv_autoencoder":
+        spec |= {"mean": float(windows.mean()), "std": float(windows.std())}
+    else:
+        spec["n_labels"] = 2
+    model = build(spec).eval()
     with torch.no_grad():
         expected = model(torch.from_numpy(windows[:, None])).numpy()
     int8, full = tmp_path / "model.tflite", tmp_path / "model_float.tflite"
     export_tflite(model, windows, int8, full, python=_tflite_python())
     as_float = TfliteRuntime(full, threads=1).run(windows[:, None])
     # Probabilities compare absolutely; reconstruction errors relative to their size.
-    scale = 1.0 if architecture == "compact_cnn" else float(np.abs(expected).max())
+    scale = float(np.abs(expected).max()) if architecture == "conv_autoencoder" else 1.0
     np.testing.assert_allclose(as_float / scale, expected / scale, atol=FLOAT_TOLERANCE)
     as_int8 = TfliteRuntime(int8, threads=1).run(windows[:, None])
     assert np.abs(as_int8 - expected).max() / scale < INT8_TOLERANCE
