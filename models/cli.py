@@ -118,6 +118,7 @@ def _train(args: argparse.Namespace) -> int:
     from models.training.anomaly import train_anomaly
     from models.training.recipes import RECIPES
     from models.training.trainer import train_recipe
+    from models.training.yolo import train_yolo
 
     private_key = load_private_key(args.key)
     trusted = TrustedKeys([private_key.public_key()])
@@ -132,6 +133,16 @@ def _train(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             threads=args.threads,
             tflite_python=tflite_python,
+        )
+    elif recipe.architecture == "yolov8n_cls":
+        bundle_dir, manifest = train_yolo(
+            recipe,
+            args.data,
+            args.out,
+            version=args.version,
+            epochs=args.epochs,
+            max_train_windows=args.max_train_windows,
+            threads=args.threads,
         )
     else:
         bundle_dir, manifest = train_recipe(
@@ -247,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--recipe",
         default="cry-detector",
-        help="cry-detector (classifier) or machine-anomaly (autoencoder)",
+        help="cry-detector (compact CNN), cry-detector-attention (1D-CNN + attention), "
+        "cry-detector-yolo (YOLOv8n-cls) or machine-anomaly (autoencoder)",
     )
     p.add_argument("--data", type=Path, required=True, help="root holding the dataset folders")
     p.add_argument("--out", type=Path, required=True, help="output folder (bundle + run/)")

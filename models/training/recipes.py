@@ -71,9 +71,10 @@ class Recipe(BaseModel):
         SILENCE_FLOOR_DBFS, description="Positive windows below this are dropped."
     )
     augmentation: Augmentation = Field(default_factory=Augmentation, description="See class.")
-    architecture: Literal["compact_cnn", "conv_attention", "conv_autoencoder"] = Field(
-        "compact_cnn", description="Network."
+    architecture: Literal["compact_cnn", "conv_attention", "conv_autoencoder", "yolov8n_cls"] = (
+        Field("compact_cnn", description="Network.")
     )
+    image_size: int = Field(64, description="yolov8n_cls: side of the rendered spectrogram.")
     max_false_alarms_per_hour: float = Field(
         1.0, description="False-alarm budget on the validation negatives for the threshold."
     )
@@ -105,6 +106,11 @@ CRY_DETECTOR_ATTENTION = CRY_DETECTOR.model_copy(
     update={"name": "cry-detector-attention", "architecture": "conv_attention"}
 )
 
+# The "full" cloud model: YOLOv8n classification on spectrogram images, same data.
+CRY_DETECTOR_YOLO = CRY_DETECTOR.model_copy(
+    update={"name": "cry-detector-yolo", "architecture": "yolov8n_cls", "epochs": 15, "patience": 5}
+)
+
 MACHINE_ANOMALY = Recipe(
     name="machine-anomaly",
     task="anomaly",
@@ -120,4 +126,6 @@ MACHINE_ANOMALY = Recipe(
     learning_rate=1e-3,
 )
 
-RECIPES = {r.name: r for r in (CRY_DETECTOR, CRY_DETECTOR_ATTENTION, MACHINE_ANOMALY)}
+RECIPES = {
+    r.name: r for r in (CRY_DETECTOR, CRY_DETECTOR_ATTENTION, CRY_DETECTOR_YOLO, MACHINE_ANOMALY)
+}

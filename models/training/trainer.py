@@ -46,6 +46,52 @@ def _seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def calibrate_threshold(
+    recipe: Recipe,
+    int8_path: Path,
+    val_clean: npt.NDArray[np.float32],
+    val_aug: npt.NDArray[np.float32],
+    val_y: npt.NDArray[np.int64],
+    run_dir: Path,
+    *,
+    threads: int,
+) -> tuple[float, dict[str, Any]]:
+    """The event threshold and the validation metrics of the shipped INT8 model, with plots.
+
+    The threshold is the best F1 on the clean validation windows among thresholds whose false
+    alarms on the validation negatives, played as one stream through the edge's episode
+    logic, stay within the recipe's budget."""
+    positive = recipe.labels.index(recipe.positive)
+    runtime = OnnxRuntime(int8_path, threads=threads)
+    int8_val = runtime.run(val_clean[:, None])[:, positive]
+    negative_stream = int8_val[val_y != positive].tolist()
+    negative_hours = len(negative_stream) * recipe.eval_hop_s / 3600
+    threshold = metrics.best_f1_threshold(
+        val_y == positive,
+        int8_val,
+        allowed=lambda t: (
+            count_episodes(negative_stream, t) <= recipe.max_false_alarms_per_hour * negative_hours
+        ),
+    )
+    predicted = np.where(int8_val >= threshold, positive, 1 - positive)
+    val_metrics = {
+        "windows": len(val_y),
+        "roc_auc": metrics.roc_auc(val_y == positive, int8_val),
+        "roc_auc_augmented": metrics.roc_auc(
+            val_y == positive, runtime.run(val_aug[:, None])[:, positive]
+        ),
+        **metrics.classification_report(val_y, predicted, recipe.labels),
+    }
+    plots.confusion(
+        np.array(val_metrics["confusion"]),
+        recipe.labels,
+        run_dir / "val_confusion.png",
+        "validation windows, INT8, at threshold",
+    )
+    plots.roc_pr(val_y == positive, int8_val, run_dir / "val_roc_pr.png", "validation windows")
+    return threshold, val_metrics
+
+
 def source_balanced_weights(clips: list[ClipAudio], windows: list[Window]) -> npt.NDArray[Any]:
     """Loss weight per window: every class weighs the same in total, and within a class every
     source (dataset/label) too, so 36 music clips count as much as 1157 spoken digits."""
@@ -180,40 +226,10 @@ def train_recipe(
     files = export_bundle_files(
         model, cfg.input_shape, calibration, run_dir, tflite_python=tflite_python
     )
-    int8_path = files["model.onnx"][1]
-
-    # The threshold is chosen on the clean validation windows with the shipped INT8 model:
-    # the best F1 among thresholds whose false alarms on the validation negatives, played as
-    # one stream through the edge's episode logic, stay within the recipe's budget.
-    int8_val = OnnxRuntime(int8_path, threads=threads).run(val_clean[:, None])[:, positive]
-    negative_stream = int8_val[val_y != positive]
-    negative_hours = len(negative_stream) * recipe.eval_hop_s / 3600
-    threshold = metrics.best_f1_threshold(
-        val_y == positive,
-        int8_val,
-        allowed=lambda t: (
-            count_episodes(negative_stream.tolist(), t)
-            <= recipe.max_false_alarms_per_hour * negative_hours
-        ),
+    threshold, val_metrics = calibrate_threshold(
+        recipe, files["model.onnx"][1], val_clean, val_aug, val_y, run_dir, threads=threads
     )
-    predicted = np.where(int8_val >= threshold, positive, 1 - positive)
-    val_metrics = {
-        "windows": len(val_y),
-        "roc_auc": metrics.roc_auc(val_y == positive, int8_val),
-        "roc_auc_augmented": metrics.roc_auc(
-            val_y == positive,
-            OnnxRuntime(int8_path, threads=threads).run(val_aug[:, None])[:, positive],
-        ),
-        **metrics.classification_report(val_y, predicted, recipe.labels),
-    }
     plots.training_curves(history, run_dir / "training_curves.png")
-    plots.confusion(
-        np.array(val_metrics["confusion"]),
-        recipe.labels,
-        run_dir / "val_confusion.png",
-        "validation windows, INT8, at threshold",
-    )
-    plots.roc_pr(val_y == positive, int8_val, run_dir / "val_roc_pr.png", "validation windows")
 
     training = {
         "recipe": recipe.model_dump(mode="json"),

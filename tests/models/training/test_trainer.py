@@ -143,3 +143,38 @@ def test_anomaly_training_scores_unseen_sounds_above_normal_ones(
     result = evaluate(bundle, view, split=None)
     assert result["clip"]["count"] == 6
     assert result["clip"]["positives"] == 3
+
+
+def test_yolo_trains_offline_from_scratch_into_a_bundle_of_log_mel_windows(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    # Checked without importing: ultralytics writes its settings where YOLO_CONFIG_DIR says
+    # at first import, and this test must not touch the user's home.
+    if importlib.util.find_spec("ultralytics") is None:
+        pytest.skip("ultralytics (the train extra) is not installed")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    from models.inference import BundleModel
+    from models.training.recipes import CRY_DETECTOR_YOLO
+    from models.training.yolo import train_yolo
+
+    recipe = CRY_DETECTOR_YOLO.model_copy(
+        update={
+            "sources": [
+                Source(dataset="cry", target="cry"),
+                Source(dataset="background", target="other"),
+            ],
+            "batch_size": 8,
+        }
+    )
+    bundle_dir, manifest = train_yolo(
+        recipe, tiny_data, tmp_path / "out", version="0.0.1", epochs=1, threads=1
+    )
+    assert "yolov8n-cls" in manifest.training["architecture"]
+    private, public = generate_keypair(tmp_path / "keys", "k")
+    sign_bundle(bundle_dir, load_private_key(private))
+    model = BundleModel(load_bundle(bundle_dir, TrustedKeys.from_paths([public])))
+    scores = model.scores(np.zeros((3, 97, 64), dtype=np.float32))
+    assert scores.shape == (3, 2)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-3)

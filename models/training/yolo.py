@@ -1,0 +1,217 @@
+"""YOLOv8 classification on spectrogram images: the "full" cloud model.
+
+ultralytics' `yolov8n-cls.yaml`, trained from scratch and offline on images rendered from the
+same front end as every other model. The exported bundle wraps the network with that rendering,
+so it takes the bundle's log-mel windows like any other model: evaluate, the benchmarks and the
+edge need no special case. Exported to ONNX float and INT8 at a small image size for the edge.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F  # noqa: N812
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from models.bundle import Manifest, write_bundle
+from models.frontend import LogMel
+from models.training.data import Augmenter, features_of, load_clips, negative_pool, windows_for
+from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
+from models.training.nets import parameter_count
+from models.training.recipes import Recipe
+from models.training.trainer import calibrate_threshold
+
+IMAGE_RANGE_DB = 40.0  # window-mean normalised dB in [-40, 40] map to [0, 1]
+_torchvision_schemas: torch.library.Library | None = None
+
+
+def _register_missing_torchvision_ops() -> None:
+    """Let the registry's torchvision import next to CPU torch.
+
+    That torchvision is a CUDA build whose C++ operators do not load here; its Python side still
+    registers fake kernels for `nms` and `qnms` at import, which fails while those operators are
+    undefined. Defining their schemas (only when missing) lets it import. Classification never
+    calls them, and a detection model would fail loudly on the missing kernel."""
+    global _torchvision_schemas
+    missing = [op for op in ("nms", "qnms") if not hasattr(torch.ops.torchvision, op)]
+    if missing and _torchvision_schemas is None:
+        _torchvision_schemas = torch.library.Library("torchvision", "FRAGMENT")  # type: ignore[no-untyped-call]
+        for op in missing:
+            _torchvision_schemas.define(  # type: ignore[no-untyped-call]
+                f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            )
+
+
+def _ultralytics(config_dir: Path) -> Any:
+    """ultralytics, offline: no downloads, no telemetry, settings in a folder of ours."""
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+    _register_missing_torchvision_ops()
+    import ultralytics
+    from ultralytics import settings
+
+    settings.update({"sync": False})  # type: ignore[no-untyped-call]
+    return ultralytics
+
+
+def features_to_images(features: torch.Tensor, size: int) -> torch.Tensor:
+    """(n, 1, frames, mels) log-mel windows -> (n, 3, size, size) images in [0, 1]."""
+    x = (features.clamp(-IMAGE_RANGE_DB, IMAGE_RANGE_DB) + IMAGE_RANGE_DB) / (2 * IMAGE_RANGE_DB)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.repeat(1, 3, 1, 1)
+
+
+class YoloOnFeatures(nn.Module):
+    """A trained YOLO classifier behind the spectrogram rendering: windows in, probabilities out."""
+
+    def __init__(self, classifier: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.image_size = image_size
+        self.spec = {"architecture": "yolov8n_cls", "image_size": image_size}
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(features_to_images(features, self.image_size))
+        return out
+
+
+def _render(
+    features: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    names: list[str],
+    folder: Path,
+    size: int,
+) -> None:
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for start in tqdm(range(0, len(features), 256), desc=f"render {folder.name}", leave=False):
+        batch = torch.from_numpy(features[start : start + 256, None])
+        images = (features_to_images(batch, size)[:, 0].numpy() * 255).round().astype(np.uint8)
+        for offset, image in enumerate(images):
+            index = start + offset
+            Image.fromarray(image).save(folder / names[labels[index]] / f"{index:06d}.png")
+
+
+def train_yolo(
+    recipe: Recipe,
+    data_root: Path,
+    out_dir: Path,
+    *,
+    version: str,
+    epochs: int | None = None,
+    max_train_windows: int | None = None,
+    threads: int = 2,
+) -> tuple[Path, Manifest]:
+    if recipe.labels != sorted(recipe.labels):
+        raise ValueError("ultralytics orders classes by folder name: recipe labels must be sorted")
+    torch.set_num_threads(threads)
+    torch.manual_seed(recipe.seed)
+    rng = np.random.default_rng(recipe.seed)
+    run_dir = out_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = recipe.features
+    positive = recipe.labels.index(recipe.positive)
+    clips = load_clips(data_root, recipe)
+    train_windows = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
+    if max_train_windows is not None and len(train_windows) > max_train_windows:
+        keep = rng.choice(len(train_windows), max_train_windows, replace=False)
+        train_windows = [train_windows[i] for i in sorted(keep)]
+    val_windows = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
+    augmenter = Augmenter(
+        recipe.augmentation,
+        negative_pool(
+            clips,
+            [w for w in train_windows if clips[w.clip].target != positive],
+            cfg.window_samples,
+        ),
+        cfg.sample_rate,
+    )
+    logmel = LogMel(cfg)
+    # One augmented rendering of the training windows (ultralytics trains from image files).
+    train_x, train_y = features_of(
+        clips, train_windows, logmel, augmenter=augmenter, rng=rng, desc="train features"
+    )
+    val_clean, val_y = features_of(clips, val_windows, logmel, desc="val features")
+    val_aug, _ = features_of(
+        clips,
+        val_windows,
+        logmel,
+        augmenter=augmenter,
+        rng=np.random.default_rng(recipe.seed + 1),
+        desc="val augmented",
+    )
+    image_size = recipe.image_size
+    images = run_dir / "images"
+    _render(train_x, train_y, recipe.labels, images / "train", image_size)
+    _render(val_clean, val_y, recipe.labels, images / "val", image_size)
+
+    ultralytics = _ultralytics(run_dir / "ultralytics-config")
+    yolo = ultralytics.YOLO("yolov8n-cls.yaml")
+    yolo.train(
+        data=str(images),
+        epochs=epochs or recipe.epochs,
+        patience=recipe.patience,
+        imgsz=image_size,
+        batch=recipe.batch_size,
+        device="cpu",
+        workers=0,
+        seed=recipe.seed,
+        deterministic=True,
+        pretrained=False,
+        amp=False,
+        project=str(run_dir),
+        name="yolo",
+        exist_ok=True,
+        plots=True,
+        verbose=False,
+        # Spectrograms are not photographs: no flips (time reversal), colour or erasing.
+        fliplr=0.0,
+        hsv_h=0.0,
+        hsv_s=0.0,
+        hsv_v=0.0,
+        erasing=0.0,
+        auto_augment=None,
+    )
+    best = ultralytics.YOLO(str(Path(yolo.trainer.best)))  # our own file, written just now
+    classifier = best.model.float().eval()
+    classifier.model[-1].export = True  # the Classify head returns probabilities only
+    model = YoloOnFeatures(classifier, image_size).eval()
+
+    calibration = train_x[
+        rng.choice(len(train_x), min(CALIBRATION_WINDOWS, len(train_x)), replace=False)
+    ]
+    files = export_bundle_files(model, cfg.input_shape, calibration, run_dir, tflite_python=None)
+    threshold, val_metrics = calibrate_threshold(
+        recipe, files["model.onnx"][1], val_clean, val_aug, val_y, run_dir, threads=threads
+    )
+    training = {
+        "recipe": recipe.model_dump(mode="json"),
+        "architecture": "ultralytics yolov8n-cls.yaml from scratch, on "
+        f"{image_size}x{image_size} renderings of the log-mel window",
+        "parameters": parameter_count(model),
+        "windows": {"train": len(train_windows), "val": len(val_windows)},
+        "selection": "ultralytics' best epoch by validation top-1 accuracy (clean val images)",
+        "threshold_selection": "as the compact CNN: best val F1 within the false-alarm budget",
+        "tflite": "not exported: the converter environment has no ultralytics",
+    }
+    bundle_dir = out_dir / recipe.name
+    manifest = write_bundle(
+        bundle_dir,
+        name=recipe.name,
+        version=version,
+        task="classification",
+        labels=recipe.labels,
+        thresholds={recipe.positive: round(threshold, 6)},
+        features=cfg,
+        files=files,
+        training=training,
+        metrics={"val": val_metrics},
+    )
+    return bundle_dir, manifest
