@@ -175,9 +175,12 @@ def main() -> None:
         results["variants"][name] = row
     window = models["int8"].logmel.windows(test[0]["samples"], 4000)[:1]
     results["models"] = {}
+    roles = {entry.role for entry in bundle.manifest.files.values()}
     for runtime in ("onnx", "tflite"):
         for precision in ("int8", "float"):
             role = runtime if precision == "int8" else f"{runtime}_float"
+            if role not in roles:
+                continue
             model = BundleModel(bundle, runtime=runtime, precision=precision)  # type: ignore[arg-type]
             results["models"][f"cnn_{runtime}_{precision}"] = {
                 "file_bytes": bundle.path(role).stat().st_size,  # type: ignore[arg-type]
