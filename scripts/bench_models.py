@@ -128,6 +128,27 @@ def _auc_report(truth: np.ndarray, scores: np.ndarray, clips: list[dict[str, Any
     return report
 
 
+def _decision_agreement(
+    bundle: Any, test: list[dict[str, Any]], label: str, roles: set[str]
+) -> dict[str, Any]:
+    """Window decisions at the shipped threshold on the clean test clips, per runtime and
+    precision, against ONNX INT8 (what evaluate reports)."""
+    threshold = bundle.manifest.thresholds[label]
+    decisions = {}
+    for runtime in ("onnx", "tflite"):
+        for precision in ("int8", "float"):
+            if (runtime if precision == "int8" else f"{runtime}_float") not in roles:
+                continue
+            model = BundleModel(bundle, runtime=runtime, precision=precision)  # type: ignore[arg-type]
+            scores = np.concatenate([window_scores(model, c["samples"], label) for c in test])
+            decisions[f"{runtime}_{precision}"] = scores >= threshold
+    reference = decisions["onnx_int8"]
+    return {
+        name: {"windows": len(d), "disagreements": int((d != reference).sum())}
+        for name, d in decisions.items()
+    }
+
+
 def _latency_ms(model: BundleModel, window: np.ndarray) -> float:
     for _ in range(20):
         model.scores(window)
@@ -187,6 +208,7 @@ def main() -> None:
                 "parameters": bundle.manifest.training.get("parameters"),
                 "latency_ms_per_window_1_thread": round(_latency_ms(model, window), 3),
             }
+    results["decisions_vs_onnx_int8"] = _decision_agreement(bundle, test, positive_label, roles)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
@@ -201,6 +223,11 @@ def main() -> None:
         print(
             f"{name}: {m['file_bytes'] / 1024:.0f} KiB, {m['parameters']} parameters, "
             f"{m['latency_ms_per_window_1_thread']:.3f} ms per window (1 thread)"
+        )
+    for name, d in results["decisions_vs_onnx_int8"].items():
+        print(
+            f"{name}: {d['disagreements']} of {d['windows']} test-window decisions differ "
+            "from ONNX INT8 at the shipped threshold"
         )
     print(f"saved to {args.out}")
 

@@ -75,6 +75,9 @@ class Recipe(BaseModel):
         Field("compact_cnn", description="Network.")
     )
     image_size: int = Field(64, description="yolov8n_cls: side of the rendered spectrogram.")
+    network_options: dict[str, int] = Field(
+        default_factory=dict, description="Extra network arguments, e.g. {'width': 48}."
+    )
     max_false_alarms_per_hour: float = Field(
         1.0, description="False-alarm budget on the validation negatives for the threshold."
     )

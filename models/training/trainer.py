@@ -161,7 +161,13 @@ def train_recipe(
     train_targets = np.array([clips[w.clip].target for w in train_windows])
     counts = np.bincount(train_targets, minlength=len(recipe.labels))
     window_weights = torch.from_numpy(source_balanced_weights(clips, train_windows))
-    model = build({"architecture": recipe.architecture, "n_labels": len(recipe.labels)})
+    model = build(
+        {
+            "architecture": recipe.architecture,
+            "n_labels": len(recipe.labels),
+            **recipe.network_options,
+        }
+    )
     if not isinstance(model, Classifier):
         raise ValueError(f"{recipe.architecture} is not a classifier")
     optimiser = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=1e-3)
