@@ -123,38 +123,20 @@ def _train(args: argparse.Namespace) -> int:
     private_key = load_private_key(args.key)
     trusted = TrustedKeys([private_key.public_key()])
     recipe = RECIPES[args.recipe]
-    tflite_python = None if args.no_tflite else args.tflite_python
-    if recipe.task == "anomaly":
-        bundle_dir, manifest = train_anomaly(
-            recipe,
-            args.data,
-            args.out,
-            version=args.version,
-            epochs=args.epochs,
-            threads=args.threads,
-            tflite_python=tflite_python,
-        )
-    elif recipe.architecture == "yolov8n_cls":
-        bundle_dir, manifest = train_yolo(
-            recipe,
-            args.data,
-            args.out,
-            version=args.version,
-            epochs=args.epochs,
-            max_train_windows=args.max_train_windows,
-            threads=args.threads,
-        )
-    else:
-        bundle_dir, manifest = train_recipe(
-            recipe,
-            args.data,
-            args.out,
-            version=args.version,
-            epochs=args.epochs,
-            max_train_windows=args.max_train_windows,
-            threads=args.threads,
-            tflite_python=tflite_python,
-        )
+    trainer = {
+        "conv_autoencoder": train_anomaly,
+        "yolov8n_cls": train_yolo,
+    }.get(recipe.architecture, train_recipe)
+    bundle_dir, manifest = trainer(
+        recipe,
+        args.data,
+        args.out,
+        version=args.version,
+        epochs=args.epochs,
+        max_train_windows=args.max_train_windows,
+        threads=args.threads,
+        tflite_python=None if args.no_tflite else args.tflite_python,
+    )
     sign_bundle(bundle_dir, private_key)
     print(
         f"trained {manifest.name} {manifest.version}: {bundle_dir} (run details in "

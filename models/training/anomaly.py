@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.bundle import Manifest, write_bundle
+from models.bundle import Manifest
 from models.frontend import LogMel
 from models.runtimes.onnx import OnnxRuntime
 from models.training import plots
-from models.training.data import batches, features_of, load_clips, windows_for
+from models.training.data import batches, features_of, load_clips, subsample, windows_for
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
 from models.training.nets import ConvAutoencoder, parameter_count
 from models.training.recipes import Recipe
+from models.training.trainer import write_recipe_bundle
 
 THRESHOLD_MARGIN = 1.1
 
@@ -35,6 +36,7 @@ def train_anomaly(
     *,
     version: str,
     epochs: int | None = None,
+    max_train_windows: int | None = None,
     threads: int = 2,
     tflite_python: Path | None = None,
 ) -> tuple[Path, Manifest]:
@@ -49,7 +51,11 @@ def train_anomaly(
     clips = load_clips(data_root, recipe)
     train_x, _ = features_of(
         clips,
-        windows_for(clips, "train", recipe, recipe.train_hop_s, positive),
+        subsample(
+            windows_for(clips, "train", recipe, recipe.train_hop_s, positive),
+            max_train_windows,
+            rng,
+        ),
         logmel,
         desc="train features",
     )
@@ -115,17 +121,12 @@ def train_anomaly(
         "threshold_selection": f"{THRESHOLD_MARGIN} x the highest validation window score",
         "quantization": "static QDQ INT8 for the convolutions; the error computation in float",
     }
-    bundle_dir = out_dir / recipe.name
-    manifest = write_bundle(
-        bundle_dir,
-        name=recipe.name,
+    return write_recipe_bundle(
+        recipe,
+        out_dir,
         version=version,
-        task="anomaly",
-        labels=recipe.labels,
-        thresholds={recipe.positive: round(threshold, 6)},
-        features=cfg,
+        threshold=threshold,
         files=files,
         training=training,
-        metrics={"val": val_metrics},
+        val_metrics=val_metrics,
     )
-    return bundle_dir, manifest

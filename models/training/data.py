@@ -156,6 +156,13 @@ def features_of(
     return feats, targets
 
 
+def subsample(windows: list[Window], limit: int | None, rng: np.random.Generator) -> list[Window]:
+    """At most `limit` windows, drawn without replacement, in their original order."""
+    if limit is None or len(windows) <= limit:
+        return windows
+    return [windows[i] for i in sorted(rng.choice(len(windows), limit, replace=False))]
+
+
 def negative_pool(clips: list[ClipAudio], windows: list[Window], window: int) -> list[FloatArray]:
     """Training-split negative windows to mix under other windows."""
     return [cut(clips[w.clip].samples, w.start, window) for w in windows]

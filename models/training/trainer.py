@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import metrics
-from models.bundle import Manifest, write_bundle
+from models.bundle import FileRole, Manifest, write_bundle
 from models.detection import count_episodes
 from models.frontend import LogMel
 from models.runtimes.onnx import OnnxRuntime
@@ -33,6 +33,7 @@ from models.training.data import (
     features_of,
     load_clips,
     negative_pool,
+    subsample,
     windows_for,
 )
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
@@ -44,6 +45,33 @@ def _seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
+
+
+def write_recipe_bundle(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    version: str,
+    threshold: float,
+    files: dict[str, tuple[FileRole, Path]],
+    training: dict[str, Any],
+    val_metrics: dict[str, Any],
+) -> tuple[Path, Manifest]:
+    """The unsigned bundle folder `out_dir/<recipe name>` every trainer ends with."""
+    bundle_dir = out_dir / recipe.name
+    manifest = write_bundle(
+        bundle_dir,
+        name=recipe.name,
+        version=version,
+        task=recipe.task,
+        labels=recipe.labels,
+        thresholds={recipe.positive: round(threshold, 6)},
+        features=recipe.features,
+        files=files,
+        training=training,
+        metrics={"val": val_metrics},
+    )
+    return bundle_dir, manifest
 
 
 def calibrate_threshold(
@@ -136,9 +164,7 @@ def train_recipe(
     clips = load_clips(data_root, recipe)
     train_windows = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
     val_windows = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
-    if max_train_windows is not None and len(train_windows) > max_train_windows:
-        keep = rng.choice(len(train_windows), max_train_windows, replace=False)
-        train_windows = [train_windows[i] for i in sorted(keep)]
+    train_windows = subsample(train_windows, max_train_windows, rng)
     negatives = negative_pool(
         clips, [w for w in train_windows if clips[w.clip].target != positive], cfg.window_samples
     )
@@ -257,17 +283,12 @@ def train_recipe(
     }
     (run_dir / "history.json").write_text(json.dumps(history, indent=2) + "\n")
     (run_dir / "metrics.json").write_text(json.dumps({"val": val_metrics}, indent=2) + "\n")
-    bundle_dir = out_dir / recipe.name
-    manifest = write_bundle(
-        bundle_dir,
-        name=recipe.name,
+    return write_recipe_bundle(
+        recipe,
+        out_dir,
         version=version,
-        task="classification",
-        labels=recipe.labels,
-        thresholds={recipe.positive: round(threshold, 6)},
-        features=cfg,
+        threshold=threshold,
         files=files,
         training=training,
-        metrics={"val": val_metrics},
+        val_metrics=val_metrics,
     )
-    return bundle_dir, manifest

@@ -20,13 +20,20 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from models.bundle import Manifest, write_bundle
+from models.bundle import Manifest
 from models.frontend import LogMel
-from models.training.data import Augmenter, features_of, load_clips, negative_pool, windows_for
+from models.training.data import (
+    Augmenter,
+    features_of,
+    load_clips,
+    negative_pool,
+    subsample,
+    windows_for,
+)
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
 from models.training.nets import parameter_count
 from models.training.recipes import Recipe
-from models.training.trainer import calibrate_threshold
+from models.training.trainer import calibrate_threshold, write_recipe_bundle
 
 IMAGE_RANGE_DB = 40.0  # window-mean normalised dB in [-40, 40] map to [0, 1]
 _torchvision_schemas: torch.library.Library | None = None
@@ -108,7 +115,10 @@ def train_yolo(
     epochs: int | None = None,
     max_train_windows: int | None = None,
     threads: int = 2,
+    tflite_python: Path | None = None,
 ) -> tuple[Path, Manifest]:
+    """`tflite_python` is accepted for a uniform trainer signature; YOLO gets no TFLite files
+    (the converter environment has no ultralytics), which the training summary records."""
     if recipe.labels != sorted(recipe.labels):
         raise ValueError("ultralytics orders classes by folder name: recipe labels must be sorted")
     torch.set_num_threads(threads)
@@ -120,9 +130,7 @@ def train_yolo(
     positive = recipe.labels.index(recipe.positive)
     clips = load_clips(data_root, recipe)
     train_windows = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
-    if max_train_windows is not None and len(train_windows) > max_train_windows:
-        keep = rng.choice(len(train_windows), max_train_windows, replace=False)
-        train_windows = [train_windows[i] for i in sorted(keep)]
+    train_windows = subsample(train_windows, max_train_windows, rng)
     val_windows = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
     augmenter = Augmenter(
         recipe.augmentation,
@@ -201,17 +209,12 @@ def train_yolo(
         "threshold_selection": "as the compact CNN: best val F1 within the false-alarm budget",
         "tflite": "not exported: the converter environment has no ultralytics",
     }
-    bundle_dir = out_dir / recipe.name
-    manifest = write_bundle(
-        bundle_dir,
-        name=recipe.name,
+    return write_recipe_bundle(
+        recipe,
+        out_dir,
         version=version,
-        task="classification",
-        labels=recipe.labels,
-        thresholds={recipe.positive: round(threshold, 6)},
-        features=cfg,
+        threshold=threshold,
         files=files,
         training=training,
-        metrics={"val": val_metrics},
+        val_metrics=val_metrics,
     )
-    return bundle_dir, manifest
