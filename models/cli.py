@@ -14,7 +14,7 @@ from models.audio import AudioError, level_dbfs, load_mono
 from models.bundle import BundleError, load_bundle, pack_bundle, sign_bundle, update_manifest
 from models.cliutil import command_parser, run_command
 from models.dataset import DatasetError, format_summary, read_dataset, summarize
-from models.evaluate import EvaluationError, evaluate, format_report
+from models.evaluate import EvaluationError, calibrate, evaluate, format_report
 from models.frontend import FrontendConfig, LogMel, mel_filterbank
 from models.inference import InferenceError
 from models.runtimes import RuntimeUnavailableError, runtime_kinds
@@ -168,6 +168,42 @@ def _headline(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in keep}
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    private_key = load_private_key(args.key)
+    bundle = load_bundle(args.bundle, TrustedKeys([private_key.public_key()]))
+    result = calibrate(bundle, args.data, split=args.split)
+    chosen = result["chosen"]
+    print(f"{'threshold':>10} {'recall':>7} {'precision':>9} {'F1':>6} {'false alarms/h':>15}")
+    shown = [*result["tradeoff"][:: max(1, len(result["tradeoff"]) // 12)], chosen]
+    for row in sorted({r["threshold"]: r for r in shown}.values(), key=lambda r: r["threshold"]):
+        mark = "  <- chosen" if row is chosen else ""
+        print(
+            f"{row['threshold']:>10.6f} {row['recall']:>7.3f} {row['precision']:>9.3f} "
+            f"{row['f1']:>6.3f} {row['false_alarms_per_hour']:>15.1f}{mark}"
+        )
+    manifest = bundle.manifest
+    update_manifest(
+        args.bundle,
+        thresholds={result["label"]: round(chosen["threshold"], 6)},
+        training={
+            **manifest.training,
+            "threshold_selection": f"soundwarden-models calibrate on {args.data} "
+            f"[{args.split}]: best clip-level F1 (clip score = highest window)",
+        },
+        metrics={
+            **manifest.metrics,
+            "calibration": {
+                "split": args.split,
+                "chosen": chosen,
+                "negative_hours": round(result["negative_hours"], 4),
+            },
+        },
+    )
+    sign_bundle(args.bundle, private_key)
+    print(f"{args.bundle}: threshold {chosen['threshold']:.6f} recorded and signed")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle, TrustedKeys.from_paths(args.trusted or [DEFAULT_TRUSTED]))
     split = None if args.split == "all" else args.split
@@ -235,6 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="int8", choices=["int8", "float"])
     p.add_argument("--json", type=Path, help="also write the full report as JSON here")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "calibrate", help="choose a bundle's threshold on labelled audio and re-sign it"
+    )
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset folder with one label folder per bundle label",
+    )
+    p.add_argument("--split", default="val", help="split to calibrate on (default: val)")
+    p.add_argument("--key", type=Path, required=True, help="private key to re-sign with")
+    p.set_defaults(func=_calibrate)
 
     p = sub.add_parser("train", help="train a recipe into a signed bundle (needs [train])")
     p.add_argument(

@@ -221,3 +221,56 @@ def format_report(result: dict[str, Any]) -> str:
                 f"({r['positives']} pos / {r['negatives']} neg)"
             )
     return "\n".join(lines)
+
+
+def calibrate(bundle: Bundle, data_dir: Path, *, split: str = "val") -> dict[str, Any]:
+    """Choose the event threshold on a labelled folder: the best clip-level F1 (a clip counts
+    as detected when any window reaches the threshold; ties go to the stricter threshold),
+    with the whole trade-off (recall, precision, F1, false alarms per hour) for the record."""
+    manifest = bundle.manifest
+    dataset = read_dataset(data_dir)
+    if set(dataset.labels) != set(manifest.labels):
+        raise EvaluationError(
+            f"{data_dir}: label folders {dataset.labels} do not match the bundle's labels "
+            f"{manifest.labels}"
+        )
+    label = next(iter(manifest.thresholds))
+    model = BundleModel(bundle)
+    positives: list[float] = []
+    negative_clips: list[float] = []
+    negative_stream: list[float] = []
+    seconds = 0.0
+    for clip in tqdm(dataset.split(split), desc="calibrate", unit="clip"):
+        samples = load_mono(clip.path, manifest.features.sample_rate)
+        scores = window_scores(model, samples, label)
+        if clip.label == label:
+            positives.append(float(scores.max()))
+        else:
+            negative_clips.append(float(scores.max()))
+            negative_stream += scores.tolist()
+            seconds += len(samples) / manifest.features.sample_rate
+    if not positives or not negative_clips:
+        raise EvaluationError(f"{data_dir}: split {split!r} needs clips of both classes")
+    pos, neg = np.array(positives), np.array(negative_clips)
+    rows = []
+    for threshold in sorted(set(positives)):
+        tp, fp = int((pos >= threshold).sum()), int((neg >= threshold).sum())
+        recall, precision = tp / len(pos), tp / max(tp + fp, 1)
+        rows.append(
+            {
+                "threshold": threshold,
+                "recall": recall,
+                "precision": precision,
+                "f1": 2 * precision * recall / (precision + recall) if tp else 0.0,
+                "false_alarms_per_hour": count_episodes(negative_stream, threshold)
+                / (seconds / 3600),
+            }
+        )
+    best = max(rows, key=lambda r: (r["f1"], r["threshold"]))
+    return {
+        "split": split,
+        "label": label,
+        "chosen": best,
+        "tradeoff": rows,
+        "negative_hours": seconds / 3600,
+    }

@@ -102,16 +102,35 @@ CRY_DETECTOR = Recipe(
     # Gain-invariant features: the events set's glass breaks are normalised to 0 dBFS and its
     # backgrounds are quieter, a loudness shortcut that per-window normalisation removes.
     features=FrontendConfig(normalisation="window_mean"),
+    # 1.1.0: the 48-wide CompactCNN (261k parameters) beat the 32-wide one on every
+    # validation measure (window ROC-AUC 0.981 vs 0.973 clean, 0.964 vs 0.941 augmented).
+    network_options={"width": 48},
+    learning_rate=1e-3,
+    epochs=60,
+    patience=12,
 )
 
 # The same data and augmentation through the alternative network (not a default bundle).
 CRY_DETECTOR_ATTENTION = CRY_DETECTOR.model_copy(
-    update={"name": "cry-detector-attention", "architecture": "conv_attention"}
+    update={
+        "name": "cry-detector-attention",
+        "architecture": "conv_attention",
+        "network_options": {},
+        "learning_rate": 2e-3,
+        "epochs": 40,
+        "patience": 8,
+    }
 )
 
 # The "full" cloud model: YOLOv8n classification on spectrogram images, same data.
 CRY_DETECTOR_YOLO = CRY_DETECTOR.model_copy(
-    update={"name": "cry-detector-yolo", "architecture": "yolov8n_cls", "epochs": 15, "patience": 5}
+    update={
+        "name": "cry-detector-yolo",
+        "architecture": "yolov8n_cls",
+        "network_options": {},
+        "epochs": 15,
+        "patience": 5,
+    }
 )
 
 MACHINE_ANOMALY = Recipe(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,38 @@ def test_machine_anomaly_is_signed_and_finds_non_machine_sounds_abnormal() -> No
         model = BundleModel(bundle, runtime=runtime, precision="float")
         for path in sorted(FIXTURE_AUDIO.glob("*/*.wav")):  # a cry or a voice, never a machine
             assert window_scores(model, load_mono(path), "abnormal").max() > threshold, path
+
+
+def test_calibrate_sets_the_threshold_records_it_and_re_signs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from models.bundle import sign_bundle
+    from models.cli import main
+    from models.signing import generate_keypair, load_private_key
+
+    bundle_dir = tmp_path / "cry-detector"
+    shutil.copytree(PRETRAINED / "cry-detector", bundle_dir)
+    private, public = generate_keypair(tmp_path / "keys", "mine")
+    sign_bundle(bundle_dir, load_private_key(private))  # a user's own copy, under their key
+    assert (
+        main(
+            [
+                "calibrate",
+                "--bundle",
+                str(bundle_dir),
+                "--data",
+                str(FIXTURE_AUDIO),
+                "--split",
+                "test",
+                "--key",
+                str(private),
+            ]
+        )
+        == 0
+    )
+    bundle = load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
+    calibration = bundle.manifest.metrics["calibration"]
+    assert calibration["split"] == "test" and calibration["chosen"]["f1"] == 1.0
+    assert bundle.manifest.thresholds["cry"] == pytest.approx(calibration["chosen"]["threshold"])
+    assert "calibrate" in bundle.manifest.training["threshold_selection"]

@@ -1,5 +1,5 @@
 {
   "algorithm": "ed25519",
   "key_id": "039cfe3e99436e86",
-  "signature": "kz8RogQAHeEDTEAJdKz/HVimKahp0XzcqjtXBPBiVnabkRlJ6d+bm4mjKTzWejnz9FrEtTlxacL6tcSan8SsDQ=="
+  "signature": "0EeF/RB5jQwtakhNpSdGLc/5RKRb3TvFZcJSJ9hwiuHrlMSYAYgVMaoTvpahc1N+WBrKi68DT3uGmjka9cm3DA=="
 }
