@@ -19,13 +19,17 @@ DEMO_OUT := out/demo
 
 .PHONY: demo test lint typecheck pytest system-packages clean
 
-demo: system-packages $(VENV)/.installed
+demo: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed
 	@mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/soundwarden-models dataset tests/fixtures/audio
 	$(VENV)/bin/soundwarden-models features tests/fixtures/audio/cry/donateacry_ios_045c5483.wav \
 		--png $(DEMO_OUT)/spectrogram.png
 	$(VENV)/bin/soundwarden-models evaluate --bundle models/pretrained/cry-detector \
 		--data tests/fixtures/audio --split all
+	@echo "Events the edge would publish for the shipped cry and spoken digit (JSON lines):"
+	$(EDGE_VENV)/bin/soundwarden-edge detect --bundle models/pretrained/cry-detector \
+		--device demo tests/fixtures/audio/cry/donateacry_ios_045c5483.wav \
+		tests/fixtures/audio/other/fsdd_3_theo_10.wav
 	@echo "Open $(DEMO_OUT)/spectrogram.png to see what the model hears."
 
 test: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed $(TFLITE_VENV)/.installed \

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from edge.detector import Detector, DetectorConfigError
+from models.audio import AudioError, load_mono
+from models.bundle import DEFAULT_TRUSTED_KEYS, BundleError, load_bundle
 from models.cliutil import command_parser, run_command
+from models.inference import BundleModel, InferenceError
+from models.runtimes import RuntimeUnavailableError, runtime_kinds
+from models.signing import SigningKeyError, TrustedKeys
 
 
 def _devices(_: argparse.Namespace) -> int:
@@ -39,15 +46,68 @@ def _devices(_: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold(text: str) -> tuple[str, float]:
+    label, _, value = text.partition("=")
+    try:
+        return label, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LABEL=VALUE, got {text!r}") from None
+
+
+def _detect(args: argparse.Namespace) -> int:
+    bundle = load_bundle(
+        args.bundle, TrustedKeys.from_paths(args.trusted or [DEFAULT_TRUSTED_KEYS])
+    )
+    model = BundleModel(bundle, runtime=args.runtime, precision=args.precision)
+    rate = bundle.manifest.features.sample_rate
+    for path in args.files:
+        detector = Detector(model, device=args.device, thresholds=dict(args.threshold or []))
+        samples = load_mono(path, rate)
+        for start in range(0, len(samples), rate):  # one second at a time, as a stream
+            for event in detector.push(samples[start : start + rate]):
+                print(event.model_dump_json(), flush=True)
+        for event in detector.flush():
+            print(event.model_dump_json(), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("soundwarden-edge", __doc__)
     p = sub.add_parser("devices", help="list audio inputs (index, channels, native rate, name)")
     p.set_defaults(func=_devices)
+
+    p = sub.add_parser("detect", help="run a bundle over audio files; events as JSON lines")
+    p.add_argument("files", nargs="+", type=Path, help="WAV, FLAC or OGG files")
+    p.add_argument("--bundle", type=Path, required=True, help="bundle folder or .tar.gz")
+    p.add_argument(
+        "--trusted",
+        type=Path,
+        action="append",
+        help=f"trusted public key(s) (default: {DEFAULT_TRUSTED_KEYS})",
+    )
+    p.add_argument("--runtime", default="onnx", choices=runtime_kinds())
+    p.add_argument("--precision", default="int8", choices=["int8", "float"])
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        action="append",
+        help="override a label's threshold, e.g. cry=0.999 (repeatable)",
+    )
+    p.add_argument("--device", default="file", help="device id in the events (default: file)")
+    p.set_defaults(func=_detect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    errors = (
+        AudioError,
+        BundleError,
+        SigningKeyError,
+        DetectorConfigError,
+        InferenceError,
+        RuntimeUnavailableError,
+    )
+    return run_command(build_parser(), argv, errors)
 
 
 if __name__ == "__main__":

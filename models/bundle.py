@@ -32,6 +32,8 @@ from models.atomic import atomic_write_bytes
 from models.frontend import FrontendConfig
 from models.signing import TrustedKeys, key_id, verify_signature
 
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+DEFAULT_TRUSTED_KEYS = PRETRAINED_DIR / "keys"  # the public key the default bundles carry
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 MAX_ARCHIVE_BYTES = 512 * 1024 * 1024

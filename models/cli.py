@@ -11,7 +11,14 @@ from typing import Any
 import numpy as np
 
 from models.audio import AudioError, level_dbfs, load_mono
-from models.bundle import BundleError, load_bundle, pack_bundle, sign_bundle, update_manifest
+from models.bundle import (
+    DEFAULT_TRUSTED_KEYS,
+    BundleError,
+    load_bundle,
+    pack_bundle,
+    sign_bundle,
+    update_manifest,
+)
 from models.cliutil import command_parser, run_command
 from models.dataset import DatasetError, format_summary, read_dataset, summarize
 from models.evaluate import EvaluationError, calibrate, evaluate, format_report
@@ -21,7 +28,6 @@ from models.runtimes import RuntimeUnavailableError, runtime_kinds
 from models.signing import SigningKeyError, TrustedKeys, generate_keypair, load_private_key
 
 WINDOW_HOP_S = 0.25
-DEFAULT_TRUSTED = Path(__file__).parent / "pretrained" / "keys"
 DEFAULT_TFLITE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-tflite" / "bin" / "python"
 
 
@@ -205,7 +211,9 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle, TrustedKeys.from_paths(args.trusted or [DEFAULT_TRUSTED]))
+    bundle = load_bundle(
+        args.bundle, TrustedKeys.from_paths(args.trusted or [DEFAULT_TRUSTED_KEYS])
+    )
     split = None if args.split == "all" else args.split
     result = evaluate(
         bundle, args.data, split=split, runtime=args.runtime, precision=args.precision
@@ -264,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         action="append",
         default=None,
-        help=f"trusted public key(s) (default: {DEFAULT_TRUSTED})",
+        help=f"trusted public key(s) (default: {DEFAULT_TRUSTED_KEYS})",
     )
     p.add_argument("--split", default="test", help="train, val, test or all (default: test)")
     p.add_argument("--runtime", default="onnx", choices=runtime_kinds())

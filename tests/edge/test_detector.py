@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from edge.detector import Detector, DetectorConfigError
+from models.audio import load_mono
+from models.bundle import DEFAULT_TRUSTED_KEYS, PRETRAINED_DIR, load_bundle
+from models.contract import EventPayload
+from models.inference import BundleModel
+from models.signing import TrustedKeys
+from tests.conftest import CRY_FULL_BAND, SPEECH
+
+RATE = 16000
+ORIGIN = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def cry_model() -> BundleModel:
+    trusted = TrustedKeys.from_paths([DEFAULT_TRUSTED_KEYS])
+    return BundleModel(load_bundle(PRETRAINED_DIR / "cry-detector", trusted))
+
+
+def _room(seconds: float, seed: int = 0) -> np.ndarray:
+    """A quiet room: noise at about -60 dBFS."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * RATE)) * 0.001).astype(np.float32)
+
+
+def _run(detector: Detector, audio: np.ndarray, chunk: int = RATE) -> list[EventPayload]:
+    events = []
+    for start in range(0, len(audio), chunk):
+        events += detector.push(audio[start : start + chunk])
+    return events + detector.flush()
+
+
+def test_a_cry_in_a_quiet_room_is_one_episode(cry_model: BundleModel) -> None:
+    audio = np.concatenate([_room(3), load_mono(CRY_FULL_BAND), _room(4, seed=1)])
+    events = _run(Detector(cry_model, device="nursery", origin=ORIGIN), audio)
+    assert events[0].type == "start" and events[-1].type == "end"
+    assert {e.type for e in events[1:-1]} <= {"update"}
+    assert len({e.id for e in events}) == 1
+    start, end = events[0], events[-1]
+    onset = (start.started_at - ORIGIN).total_seconds()
+    assert 2.0 <= onset <= 4.0  # the cry begins at 3 s; windows are 1 s long
+    assert end.ended_at is not None
+    assert 5.0 <= (end.ended_at - start.started_at).total_seconds() <= 10.0
+    assert end.max_score >= cry_model.manifest.thresholds["cry"]
+    assert start.level_dbfs > -30 and start.device == "nursery"
+    assert start.model.name == "cry-detector"
+
+
+def test_speech_and_silence_raise_nothing(cry_model: BundleModel) -> None:
+    speech = load_mono(SPEECH)
+    audio = np.concatenate([_room(2), speech, _room(2, 1), speech, _room(2, 2)])
+    assert _run(Detector(cry_model, device="nursery", origin=ORIGIN), audio) == []
+
+
+def test_events_do_not_depend_on_how_audio_is_chunked(cry_model: BundleModel) -> None:
+    audio = np.concatenate([_room(1), load_mono(CRY_FULL_BAND), _room(3, seed=2)])
+    whole = _run(Detector(cry_model, device="d", origin=ORIGIN), audio, chunk=RATE)
+    ragged = _run(Detector(cry_model, device="d", origin=ORIGIN), audio, chunk=1234)
+    key = [(e.type, e.score, e.max_score, e.started_at, e.ended_at) for e in whole]
+    assert key == [(e.type, e.score, e.max_score, e.started_at, e.ended_at) for e in ragged]
+
+
+def test_a_threshold_override_applies(cry_model: BundleModel) -> None:
+    detector = Detector(cry_model, device="d", thresholds={"cry": 1.01}, origin=ORIGIN)
+    assert detector.thresholds == {"cry": 1.01}
+    assert _run(detector, load_mono(CRY_FULL_BAND)) == []
+
+
+def test_bad_configuration_is_refused_with_the_reason(cry_model: BundleModel) -> None:
+    with pytest.raises(DetectorConfigError, match=r"unknown label\(s\) \['glass'\]"):
+        Detector(cry_model, device="d", thresholds={"glass": 0.5})
+    with pytest.raises(DetectorConfigError, match="multiple of the front end's 10 ms"):
+        Detector(cry_model, device="d", hop_s=0.123)

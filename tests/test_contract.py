@@ -1,0 +1,60 @@
+"""The MQTT wire contract is frozen: integrations (Home Assistant, scripts, the cloud bridge)
+must never break silently. Changing a payload means changing the snapshot here, DESIGN.md and
+the MQTT reference in the same commit, on purpose."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from models.contract import EventPayload, ModelRef, events_topic
+from tests.conftest import REPO
+
+SNAPSHOTS = REPO / "tests" / "contract"
+
+
+def test_event_payload_schema_is_frozen() -> None:
+    frozen = json.loads((SNAPSHOTS / "event.schema.json").read_text())
+    assert EventPayload.model_json_schema() == frozen
+
+
+def test_events_topic() -> None:
+    assert events_topic("nursery") == "soundwarden/nursery/events"
+    assert events_topic("shop-2", prefix="home/sw") == "home/sw/shop-2/events"
+
+
+def test_an_event_round_trips_through_json_exactly() -> None:
+    event = EventPayload(
+        id="6cde0f658876414596a1cafc12e9b8cf",
+        type="start",
+        label="cry",
+        score=0.99,
+        max_score=0.99,
+        started_at=datetime(2026, 11, 21, 8, 0, tzinfo=UTC),
+        level_dbfs=-20.5,
+        model=ModelRef(name="cry-detector", version="1.1.0"),
+        device="nursery",
+    )
+    wire = json.loads(event.model_dump_json())
+    assert wire == {
+        "id": "6cde0f658876414596a1cafc12e9b8cf",
+        "type": "start",
+        "label": "cry",
+        "score": 0.99,
+        "max_score": 0.99,
+        "started_at": "2026-11-21T08:00:00Z",
+        "ended_at": None,
+        "level_dbfs": -20.5,
+        "model": {"name": "cry-detector", "version": "1.1.0"},
+        "device": "nursery",
+        "clip": None,
+    }
+    assert EventPayload.model_validate(wire) == event
+
+
+def test_unknown_fields_and_types_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        EventPayload.model_validate({"id": "x", "type": "begin"})
