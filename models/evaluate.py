@@ -25,8 +25,8 @@ from models.audio import (
     load_mono,
     window_starts,
 )
-from models.bundle import Bundle
-from models.dataset import Clip, read_dataset
+from models.bundle import Bundle, Manifest
+from models.dataset import Clip, Dataset, read_dataset
 from models.detection import count_episodes
 from models.inference import BundleModel
 
@@ -36,6 +36,14 @@ MAX_SUBGROUP_VALUES = 12
 
 class EvaluationError(ValueError):
     pass
+
+
+def _require_bundle_labels(dataset: Dataset, manifest: Manifest, data_dir: Path) -> None:
+    if set(dataset.labels) != set(manifest.labels):
+        raise EvaluationError(
+            f"{data_dir}: label folders {dataset.labels} do not match the bundle's labels "
+            f"{manifest.labels}; make one folder per bundle label"
+        )
 
 
 def window_scores(model: BundleModel, samples: np.ndarray, label: str) -> np.ndarray:
@@ -59,11 +67,7 @@ def evaluate(
 ) -> dict[str, Any]:
     manifest = bundle.manifest
     dataset = read_dataset(data_dir)
-    if set(dataset.labels) != set(manifest.labels):
-        raise EvaluationError(
-            f"{data_dir}: label folders {dataset.labels} do not match the bundle's labels "
-            f"{manifest.labels}; make one folder per bundle label"
-        )
+    _require_bundle_labels(dataset, manifest, data_dir)
     clips = dataset.split(split) if split else dataset.clips
     if not clips:
         raise EvaluationError(f"{data_dir}: no clips in split {split!r}")
@@ -229,11 +233,7 @@ def calibrate(bundle: Bundle, data_dir: Path, *, split: str = "val") -> dict[str
     with the whole trade-off (recall, precision, F1, false alarms per hour) for the record."""
     manifest = bundle.manifest
     dataset = read_dataset(data_dir)
-    if set(dataset.labels) != set(manifest.labels):
-        raise EvaluationError(
-            f"{data_dir}: label folders {dataset.labels} do not match the bundle's labels "
-            f"{manifest.labels}"
-        )
+    _require_bundle_labels(dataset, manifest, data_dir)
     label = next(iter(manifest.thresholds))
     model = BundleModel(bundle)
     positives: list[float] = []

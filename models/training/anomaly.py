@@ -24,7 +24,7 @@ from models.training.data import batches, features_of, load_clips, subsample, wi
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
 from models.training.nets import ConvAutoencoder, parameter_count
 from models.training.recipes import Recipe
-from models.training.trainer import write_recipe_bundle
+from models.training.trainer import start_run, write_recipe_bundle
 
 THRESHOLD_MARGIN = 1.1
 
@@ -40,11 +40,7 @@ def train_anomaly(
     threads: int = 2,
     tflite_python: Path | None = None,
 ) -> tuple[Path, Manifest]:
-    torch.set_num_threads(threads)
-    torch.manual_seed(recipe.seed)
-    rng = np.random.default_rng(recipe.seed)
-    run_dir = out_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rng, run_dir = start_run(recipe, out_dir, threads)
     cfg = recipe.features
     positive = recipe.labels.index(recipe.positive)
     logmel = LogMel(cfg)

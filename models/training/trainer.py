@@ -41,10 +41,15 @@ from models.training.nets import Classifier, build, parameter_count
 from models.training.recipes import Recipe
 
 
-def _seed_everything(seed: int) -> np.random.Generator:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    return np.random.default_rng(seed)
+def start_run(recipe: Recipe, out_dir: Path, threads: int) -> tuple[np.random.Generator, Path]:
+    """What every trainer does first: fix the thread count and every seed, make `out_dir/run`.
+    Returns the run's numpy generator and folder."""
+    torch.set_num_threads(threads)
+    random.seed(recipe.seed)
+    torch.manual_seed(recipe.seed)
+    run_dir = out_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return np.random.default_rng(recipe.seed), run_dir
 
 
 def write_recipe_bundle(
@@ -154,10 +159,7 @@ def train_recipe(
     """Train, select on val, export float + INT8 ONNX, pick the threshold on val, write the
     bundle folder `out_dir/<name>` (unsigned) and the run folder `out_dir/run`. With
     `tflite_python` (the converter environment's interpreter) the bundle gets TFLite too."""
-    torch.set_num_threads(threads)
-    rng = _seed_everything(recipe.seed)
-    run_dir = out_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rng, run_dir = start_run(recipe, out_dir, threads)
     cfg = recipe.features
     positive = recipe.labels.index(recipe.positive)
 

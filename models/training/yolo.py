@@ -33,7 +33,7 @@ from models.training.data import (
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
 from models.training.nets import parameter_count
 from models.training.recipes import Recipe
-from models.training.trainer import calibrate_threshold, write_recipe_bundle
+from models.training.trainer import calibrate_threshold, start_run, write_recipe_bundle
 
 IMAGE_RANGE_DB = 40.0  # window-mean normalised dB in [-40, 40] map to [0, 1]
 _torchvision_schemas: torch.library.Library | None = None
@@ -121,11 +121,7 @@ def train_yolo(
     (the converter environment has no ultralytics), which the training summary records."""
     if recipe.labels != sorted(recipe.labels):
         raise ValueError("ultralytics orders classes by folder name: recipe labels must be sorted")
-    torch.set_num_threads(threads)
-    torch.manual_seed(recipe.seed)
-    rng = np.random.default_rng(recipe.seed)
-    run_dir = out_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rng, run_dir = start_run(recipe, out_dir, threads)
     cfg = recipe.features
     positive = recipe.labels.index(recipe.positive)
     clips = load_clips(data_root, recipe)
