@@ -84,13 +84,12 @@ def evaluate(
     negative_seconds = 0.0
     for clip in tqdm(clips, desc="evaluate", unit="clip"):
         samples = load_mono(clip.path, cfg.sample_rate)
-        padded = np.pad(samples, (0, max(0, window - len(samples))))
         scores = window_scores(model, samples, positive_label)
         is_pos = clip.label == positive_label
         keep = (
             energy_gate(
-                padded,
-                window_starts(len(padded), window, hop),
+                samples,
+                window_starts(len(samples), window, hop),
                 window,
                 below_peak_db=SILENCE_BELOW_PEAK_DB,
                 min_dbfs=SILENCE_FLOOR_DBFS,

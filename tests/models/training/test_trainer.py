@@ -11,7 +11,7 @@ import soundfile as sf
 
 pytest.importorskip("torch")
 
-from models.bundle import load_bundle, sign_bundle
+from models.bundle import Bundle, load_bundle, sign_bundle
 from models.evaluate import evaluate
 from models.signing import TrustedKeys, generate_keypair, load_private_key
 from models.training.recipes import CRY_DETECTOR, Source
@@ -19,6 +19,30 @@ from models.training.trainer import train_recipe
 from tests.conftest import CRY_8K_ORIGIN, CRY_FULL_BAND, SPEECH
 
 SPLITS = ("train", "val", "test")
+
+
+TINY_SOURCES = [Source(dataset="cry", target="cry"), Source(dataset="background", target="other")]
+
+
+def _signed(bundle_dir: Path, tmp_path: Path) -> Bundle:
+    """Sign a freshly trained bundle with a new key and load it as a device would."""
+    private, public = generate_keypair(tmp_path / "keys", "k")
+    sign_bundle(bundle_dir, load_private_key(private))
+    return load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
+
+
+def _view(tiny_data: Path, tmp_path: Path, cries_as: str, speech_as: str) -> Path:
+    """The tiny set as a two-label evaluation folder: cries and speech under the given labels."""
+    view = tmp_path / "view"
+    shutil.copytree(tiny_data / "cry" / "hungry", view / cries_as)
+    shutil.copytree(tiny_data / "background" / "speech", view / speech_as)
+    rows = ["path,label,split,group"] + [
+        f"{label}/{i}.wav,{label},{split},{label}{i}"
+        for label in (cries_as, speech_as)
+        for i, split in enumerate(SPLITS)
+    ]
+    (view / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return view
 
 
 def _dataset(root: Path, label: str, sources: list[Path]) -> None:
@@ -47,10 +71,7 @@ def test_training_writes_a_bundle_that_signs_loads_and_evaluates(
 ) -> None:
     recipe = CRY_DETECTOR.model_copy(
         update={
-            "sources": [
-                Source(dataset="cry", target="cry"),
-                Source(dataset="background", target="other"),
-            ],
+            "sources": TINY_SOURCES,
             "batch_size": 16,
         }
     )
@@ -65,23 +86,9 @@ def test_training_writes_a_bundle_that_signs_loads_and_evaluates(
     assert manifest.training["windows"]["train"] > 0
     assert manifest.features.normalisation == "window_mean"
 
-    private, public = generate_keypair(tmp_path / "keys", "k")
-    sign_bundle(bundle_dir, load_private_key(private))
-    bundle = load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
+    bundle = _signed(bundle_dir, tmp_path)
 
-    view = tmp_path / "view"
-    for label, src in (
-        ("cry", tiny_data / "cry" / "hungry"),
-        ("other", tiny_data / "background" / "speech"),
-    ):
-        shutil.copytree(src, view / label)
-    rows = ["path,label,split,group"] + [
-        f"{label}/{i}.wav,{label},{split},{label}{i}"
-        for label in ("cry", "other")
-        for i, split in enumerate(SPLITS)
-    ]
-    (view / "manifest.csv").write_text("\n".join(rows) + "\n")
-    result = evaluate(bundle, view, split=None)
+    result = evaluate(bundle, _view(tiny_data, tmp_path, "cry", "other"), split=None)
     assert result["clip"]["count"] == 6
     assert 0.0 <= result["window"]["roc_auc"] <= 1.0
     assert result["false_alarms"]["negative_hours"] > 0
@@ -92,18 +99,13 @@ def test_evaluate_refuses_a_folder_with_other_labels(tiny_data: Path, tmp_path: 
 
     recipe = CRY_DETECTOR.model_copy(
         update={
-            "sources": [
-                Source(dataset="cry", target="cry"),
-                Source(dataset="background", target="other"),
-            ],
+            "sources": TINY_SOURCES,
         }
     )
     bundle_dir, _ = train_recipe(
         recipe, tiny_data, tmp_path / "out", version="0.0.1", epochs=1, threads=1
     )
-    private, public = generate_keypair(tmp_path / "keys", "k")
-    sign_bundle(bundle_dir, load_private_key(private))
-    bundle = load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
+    bundle = _signed(bundle_dir, tmp_path)
     with pytest.raises(
         EvaluationError, match=r"do not match the bundle's labels \['cry', 'other'\]"
     ):
@@ -127,20 +129,9 @@ def test_anomaly_training_scores_unseen_sounds_above_normal_ones(
     )
     assert manifest.task == "anomaly" and manifest.labels == ["abnormal", "normal"]
     assert manifest.thresholds["abnormal"] > 0
-    private, public = generate_keypair(tmp_path / "keys", "k")
-    sign_bundle(bundle_dir, load_private_key(private))
-    bundle = load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
+    bundle = _signed(bundle_dir, tmp_path)
 
-    view = tmp_path / "view"
-    shutil.copytree(tiny_data / "cry" / "hungry", view / "abnormal")
-    shutil.copytree(tiny_data / "background" / "speech", view / "normal")
-    rows = ["path,label,split,group"] + [
-        f"{label}/{i}.wav,{label},{split},{label}{i}"
-        for label in ("abnormal", "normal")
-        for i, split in enumerate(SPLITS)
-    ]
-    (view / "manifest.csv").write_text("\n".join(rows) + "\n")
-    result = evaluate(bundle, view, split=None)
+    result = evaluate(bundle, _view(tiny_data, tmp_path, "abnormal", "normal"), split=None)
     assert result["clip"]["count"] == 6
     assert result["clip"]["positives"] == 3
 
@@ -161,10 +152,7 @@ def test_yolo_trains_offline_from_scratch_into_a_bundle_of_log_mel_windows(
 
     recipe = CRY_DETECTOR_YOLO.model_copy(
         update={
-            "sources": [
-                Source(dataset="cry", target="cry"),
-                Source(dataset="background", target="other"),
-            ],
+            "sources": TINY_SOURCES,
             "batch_size": 8,
         }
     )
