@@ -6,11 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge.config import ConfigError, DetectionConfig, load_config
 from edge.detector import Detector, DetectorConfigError
+from edge.sources.base import SourceError
+from edge.systemd import configure_logging
 from models.audio import AudioError, load_mono
 from models.bundle import DEFAULT_TRUSTED_KEYS, BundleError, load_bundle
 from models.cliutil import command_parser, run_command
-from models.inference import BundleModel, InferenceError
+from models.inference import BundleModel, InferenceError, choose_runtime
 from models.runtimes import RuntimeUnavailableError, runtime_kinds
 from models.signing import SigningKeyError, TrustedKeys
 
@@ -60,8 +63,9 @@ def _detect(args: argparse.Namespace) -> int:
     )
     model = BundleModel(bundle, runtime=args.runtime, precision=args.precision)
     rate = bundle.manifest.features.sample_rate
+    rules = DetectionConfig(thresholds=dict(args.threshold or []))
     for path in args.files:
-        detector = Detector(model, device=args.device, thresholds=dict(args.threshold or []))
+        detector = Detector(model, device=args.device, rules=rules)
         samples = load_mono(path, rate)
         for start in range(0, len(samples), rate):  # one second at a time, as a stream
             for event in detector.push(samples[start : start + rate]):
@@ -71,10 +75,51 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log_level)
+    from edge.daemon import Daemon  # imports the MQTT and capture stack only when running
+
+    return Daemon(config).run()
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    bundle = load_bundle(config.model.bundle, TrustedKeys.from_paths(config.model.trusted_keys))
+    runtime = choose_runtime(config.model.runtime, bundle)
+    model = BundleModel(bundle, runtime=runtime, threads=config.model.threads)
+    detector = Detector(model, device=config.device, rules=config.detection)
+    source = config.audio.source
+    where = getattr(source, "path", None) or getattr(source, "device", None) or "default"
+    print(f"{args.config}: OK")
+    print(f"  device      {config.device}")
+    print(f"  model       {bundle.manifest.name} {bundle.manifest.version} ({runtime}), "
+          f"signed by {bundle.signed_by}")  # fmt: skip
+    print(f"  thresholds  {detector.thresholds}")
+    print(f"  audio       {source.type} {where}")
+    print(f"  mqtt        {config.mqtt.host}:{config.mqtt.port} prefix {config.mqtt.prefix}"
+          f"{' TLS' if config.mqtt.tls else ''}")  # fmt: skip
+    print(f"  data        {config.data_dir}")
+    clips = config.clips
+    upload = f"uploaded to {clips.upload_url}" if clips.upload_url else "kept on the device only"
+    print(f"  clips       {f'on, {upload}' if clips.enabled else 'off'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("soundwarden-edge", __doc__)
     p = sub.add_parser("devices", help="list audio inputs (index, channels, native rate, name)")
     p.set_defaults(func=_devices)
+
+    p = sub.add_parser("run", help="the daemon: audio source to MQTT events (see --config)")
+    p.add_argument("--config", type=Path, required=True, help="TOML configuration file")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "check-config", help="validate a configuration, its bundle and runtime, then exit"
+    )
+    p.add_argument("config", type=Path, help="TOML configuration file")
+    p.set_defaults(func=_check_config)
 
     p = sub.add_parser("detect", help="run a bundle over audio files; events as JSON lines")
     p.add_argument("files", nargs="+", type=Path, help="WAV, FLAC or OGG files")
@@ -100,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     errors = (
+        ConfigError,
+        SourceError,
         AudioError,
         BundleError,
         SigningKeyError,

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from edge.config import DetectionConfig
 from models.audio import level_dbfs
 from models.contract import EventPayload, ModelRef
 from models.detection import EpisodeTracker
@@ -34,41 +35,55 @@ class _Episode:
     started_at: datetime
     max_score: float
     last_update: datetime
+    reported: bool = False  # `start` published (held back until min_duration_s is reached)
+    ending_at: datetime | None = None  # quiet since then; ends unless it returns within cooldown
 
 
 class Detector:
+    """Scores a stream and turns its windows into episode events.
+
+    `rules.min_duration_s` holds an episode's `start` back until it has lasted that long (a
+    shorter one is never reported); `rules.cooldown_s` keeps an episode open that long after it
+    went quiet, so a cry that pauses for breath stays one episode instead of a burst of them.
+    """
+
     def __init__(
         self,
         model: BundleModel,
         *,
         device: str,
-        thresholds: dict[str, float] | None = None,
-        hop_s: float = 0.25,
-        update_interval_s: float = 1.0,
+        rules: DetectionConfig | None = None,
         origin: datetime | None = None,
     ) -> None:
+        rules = rules or DetectionConfig()
         manifest = model.manifest
-        unknown = sorted(set(thresholds or {}) - set(manifest.labels))
+        unknown = sorted(set(rules.thresholds) - set(manifest.labels))
         if unknown:
             raise DetectorConfigError(
                 f"threshold for unknown label(s) {unknown}; the bundle's labels are "
                 f"{manifest.labels}"
             )
         features = manifest.features
-        self._hop = round(hop_s * features.sample_rate)
-        if self._hop <= 0 or self._hop % features.hop_length:
+        self.hop = round(rules.hop_s * features.sample_rate)
+        if self.hop <= 0 or self.hop % features.hop_length:
             raise DetectorConfigError(
-                f"hop {hop_s} s must be a positive multiple of the front end's "
+                f"hop {rules.hop_s} s must be a positive multiple of the front end's "
                 f"{features.hop_length / features.sample_rate * 1000:.0f} ms frame hop"
             )
         self._model = model
         self._device = device
+        self._features = features
         self._rate = features.sample_rate
         self._window = features.window_samples
         self._stream = StreamingLogMel(features)
         self._model_ref = ModelRef(name=manifest.name, version=manifest.version)
-        merged = {**manifest.thresholds, **(thresholds or {})}
-        self._trackers = {label: EpisodeTracker(t) for label, t in merged.items()}
+        merged = {**manifest.thresholds, **rules.thresholds}
+        self._trackers = {
+            label: EpisodeTracker(
+                t, k=rules.k, n=rules.n, release=rules.release, hysteresis=rules.hysteresis
+            )
+            for label, t in merged.items()
+        }
         self._column = {
             label: (manifest.labels.index(label) if manifest.task == "classification" else 0)
             for label in merged
@@ -77,66 +92,113 @@ class Detector:
             label: deque(maxlen=tracker.n) for label, tracker in self._trackers.items()
         }
         self._episodes: dict[str, _Episode] = {}
-        self._update_interval = timedelta(seconds=update_interval_s)
-        self._origin = origin or datetime.now(UTC)
+        self._update_interval = timedelta(seconds=rules.update_interval_s)
+        self._min_duration = timedelta(seconds=rules.min_duration_s)
+        self._cooldown = timedelta(seconds=rules.cooldown_s)
+        self.origin = origin or datetime.now(UTC)
         self._pending = np.empty(0, dtype=np.float32)
         self._audio = np.zeros(self._window, dtype=np.float32)
-        self._consumed = 0  # samples fed to the front end so far
+        self.consumed = 0  # samples fed to the front end (or skipped) so far
+        self.windows = 0  # windows scored
+        self.level_dbfs: float | None = None  # of the latest scored window
 
     @property
     def thresholds(self) -> dict[str, float]:
         return {label: tracker.threshold for label, tracker in self._trackers.items()}
 
+    @property
+    def model(self) -> ModelRef:
+        return self._model_ref
+
     def push(self, samples: FloatArray) -> list[EventPayload]:
         """Feed audio; returns the events raised by every hop it completes."""
         self._pending = np.concatenate((self._pending, np.asarray(samples, dtype=np.float32)))
         events: list[EventPayload] = []
-        while self._pending.shape[0] >= self._hop:
-            hop, self._pending = self._pending[: self._hop], self._pending[self._hop :]
+        while self._pending.shape[0] >= self.hop:
+            hop, self._pending = self._pending[: self.hop], self._pending[self.hop :]
             self._stream.push(hop)
-            self._audio = np.concatenate((self._audio[self._hop :], hop))
-            self._consumed += self._hop
+            self._audio = np.concatenate((self._audio[self.hop :], hop))
+            self.consumed += self.hop
             if self._stream.ready:
                 events += self._score_window()
         return events
 
+    def skip(self, n_samples: int) -> int:
+        """Audio was lost (capture overran analysis): keep the clock true and restart the front
+        end, whose next window needs a full second of new audio. Returns the windows lost."""
+        lost = n_samples + self._pending.shape[0]
+        self.consumed += lost
+        self._pending = np.empty(0, dtype=np.float32)
+        self._stream = StreamingLogMel(self._features)
+        self._audio[:] = 0
+        # The hops lost, plus those the front end now spends refilling its first window.
+        return -(-lost // self.hop) + self._window // self.hop - 1
+
     def flush(self) -> list[EventPayload]:
         """End every open episode (end of input, shutdown)."""
-        end = self._at(self._consumed)
-        events = [
-            self._end(label, end, self._episodes[label].max_score, level_dbfs(self._audio))
-            for label in list(self._episodes)
-        ]
+        now = self._at(self.consumed)
+        events = []
+        for label in list(self._episodes):
+            episode = self._episodes[label]
+            level = self.level_dbfs if self.level_dbfs is not None else -120.0
+            if episode.reported:
+                ended = episode.ending_at or now
+                events.append(self._end(label, ended, episode.max_score, level))
+            else:
+                del self._episodes[label]
         for tracker in self._trackers.values():
             tracker.active = False
         return events
 
     def _at(self, sample: int) -> datetime:
-        return self._origin + timedelta(seconds=sample / self._rate)
+        return self.origin + timedelta(seconds=sample / self._rate)
 
     def _score_window(self) -> list[EventPayload]:
         scores = self._model.scores(self._stream.window()[None])[0]
-        level = level_dbfs(self._audio)
-        window_start, window_end = self._at(self._consumed - self._window), self._at(self._consumed)
+        self.windows += 1
+        measured = level_dbfs(self._audio)
+        level = round(measured, 1) if np.isfinite(measured) else -120.0
+        self.level_dbfs = level
+        window_start, window_end = self._at(self.consumed - self._window), self._at(self.consumed)
         events = []
         for label, tracker in self._trackers.items():
             score = float(scores[self._column[label]])
             self._recent[label].append((window_start, score))
-            step = tracker.update(score)
-            if step == "start":
-                over = [t for t, s in self._recent[label] if s >= tracker.threshold]
-                episode = _Episode(uuid.uuid4().hex, over[0], score, window_end)
-                self._episodes[label] = episode
-                events.append(self._payload("start", label, score, episode, level))
-            elif step == "end":
-                events.append(self._end(label, window_end, score, level))
-            elif label in self._episodes:
-                episode = self._episodes[label]
-                episode.max_score = max(episode.max_score, score)
-                if window_end - episode.last_update >= self._update_interval:
-                    episode.last_update = window_end
-                    events.append(self._payload("update", label, score, episode, level))
+            events += self._step(label, tracker.update(score), score, level, window_end)
         return events
+
+    def _step(
+        self, label: str, step: str | None, score: float, level: float, now: datetime
+    ) -> list[EventPayload]:
+        episode = self._episodes.get(label)
+        if step == "start":
+            if episode is not None:  # it came back within the cooldown: same episode
+                episode.ending_at = None
+            else:
+                threshold = self._trackers[label].threshold
+                over = [t for t, s in self._recent[label] if s >= threshold]
+                episode = self._episodes[label] = _Episode(uuid.uuid4().hex, over[0], score, now)
+        if episode is None:
+            return []
+        episode.max_score = max(episode.max_score, score)
+        if step == "end":
+            if not episode.reported:  # shorter than min_duration_s: never happened
+                del self._episodes[label]
+                return []
+            episode.ending_at = now
+        if episode.ending_at is not None:
+            if now - episode.ending_at >= self._cooldown:
+                return [self._end(label, episode.ending_at, score, level)]
+            return []
+        if not episode.reported:
+            if now - episode.started_at < self._min_duration:
+                return []
+            episode.reported, episode.last_update = True, now
+            return [self._payload("start", label, score, episode, level)]
+        if now - episode.last_update >= self._update_interval:
+            episode.last_update = now
+            return [self._payload("update", label, score, episode, level)]
+        return []
 
     def _end(self, label: str, at: datetime, score: float, level: float) -> EventPayload:
         episode = self._episodes.pop(label)
@@ -159,7 +221,7 @@ class Detector:
             max_score=round(episode.max_score, 6),
             started_at=episode.started_at,
             ended_at=ended_at,
-            level_dbfs=round(level, 1) if np.isfinite(level) else -120.0,
+            level_dbfs=level,
             model=self._model_ref,
             device=self._device,
         )

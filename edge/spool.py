@@ -79,22 +79,34 @@ class Spool:
                 )
             return True
 
-    def peek(self, limit: int = 100) -> list[Entry]:
-        """The oldest queued entries, oldest first; they stay queued until acknowledged."""
+    def peek(self, limit: int = 100, *, kind: str | None = None) -> list[Entry]:
+        """The oldest queued entries (of `kind`, when given), oldest first; they stay queued
+        until acknowledged. Each sender (MQTT events, clip uploads) peeks its own kind."""
+        query = "SELECT seq, key, kind, payload FROM outbox"
+        params: tuple[object, ...] = (limit,)
+        if kind is not None:
+            query += " WHERE kind = ?"
+            params = (kind, limit)
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, key, kind, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
+            rows = self._db.execute(query + " ORDER BY seq LIMIT ?", params).fetchall()
         return [Entry(seq, key, kind, bytes(payload)) for seq, key, kind, payload in rows]
+
+    def has(self, key: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone()
+        return row is not None
 
     def ack(self, seq: int) -> None:
         """The receiver has it: remove the entry for good."""
         with self._lock, self._db:
             self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
-    def depth(self) -> int:
+    def depth(self, *, kind: str | None = None) -> int:
         with self._lock:
-            return self._count()
+            if kind is None:
+                return self._count()
+            row = self._db.execute("SELECT COUNT(*) FROM outbox WHERE kind = ?", (kind,))
+            return int(row.fetchone()[0])
 
     @property
     def dropped(self) -> int:

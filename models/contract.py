@@ -19,6 +19,25 @@ def events_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{device}/events"
 
 
+def availability_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Retained `online` / `offline`; the broker publishes `offline` as the device's last will."""
+    return f"{prefix}/{device}/availability"
+
+
+def state_topic(device: str, label: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Retained `ON` while an episode of `label` lasts, `OFF` otherwise."""
+    return f"{prefix}/{device}/state/{label}"
+
+
+def status_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Retained `StatusPayload` heartbeat."""
+    return f"{prefix}/{device}/status"
+
+
+ONLINE, OFFLINE = "online", "offline"
+STATE_ON, STATE_OFF = "ON", "OFF"
+
+
 class ModelRef(BaseModel):
     """Which model produced an event."""
 
@@ -51,3 +70,84 @@ class EventPayload(BaseModel):
     model: ModelRef = Field(description="The bundle that made the decision.")
     device: str = Field(description="Device id.")
     clip: str | None = Field(None, description="Id of the uploaded audio clip, once known.")
+
+
+class SourceStatus(BaseModel):
+    """The audio input as the daemon sees it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["microphone", "file", "stdin"] = Field(description="Kind of source.")
+    name: str = Field(description="Device name, file path or `stdin`.")
+    state: Literal["starting", "running", "stalled", "reopening", "ended"] = Field(
+        description="`stalled`: no audio for the watchdog's timeout; `reopening`: being retried."
+    )
+    level_dbfs: float | None = Field(
+        description="RMS level of the latest analysed window, dB full scale; null before the first."
+    )
+
+
+class WindowCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    processed: int = Field(description="1 s windows scored since start.")
+    dropped: int = Field(description="Windows skipped because analysis fell behind capture.")
+
+
+class SpoolStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(description="Entries (events, clip uploads) waiting for acknowledgement.")
+    dropped: int = Field(description="Entries dropped by the overflow policy, ever.")
+
+
+class ClipsStatus(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pending: int = Field(description="Clips on the device waiting for upload (or kept locally).")
+    uploaded: int = Field(description="Clips the cloud accepted since start.")
+    rejected: int = Field(description="Clips the cloud refused (kept on the device) since start.")
+    lost: int = Field(description="Clips deleted before upload to respect the disk quota.")
+    disk_mb: float = Field(description="Disk space clips use, MB.")
+
+
+class StatusPayload(BaseModel):
+    """`<prefix>/<device>/status`, retained: the device's heartbeat."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = Field(description="Device id.")
+    at: datetime = Field(description="When this heartbeat was made (UTC).")
+    uptime_s: float = Field(description="Seconds since the daemon started.")
+    model: ModelRef = Field(description="The running bundle.")
+    source: SourceStatus = Field(description="The audio input.")
+    windows: WindowCounts = Field(description="Analysis counters.")
+    spool: SpoolStatus = Field(description="The durable outbox.")
+    clips: ClipsStatus | None = Field(description="Clips around episodes; null when disabled.")
+    cpu_percent: float = Field(description="Daemon CPU use since the last heartbeat, % of a core.")
+    rss_mb: float = Field(description="Daemon resident memory, MiB.")
+
+
+class ClipMetadata(BaseModel):
+    """Sent with every clip upload (`POST /api/v1/clips`, multipart field `metadata`).
+
+    `id` is the clip's idempotency key: the episode id, so an upload retried after a lost
+    answer names the same clip and the cloud keeps one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="Clip id: the episode id it was recorded for.")
+    device: str = Field(description="Device id.")
+    event_id: str = Field(description="Episode id of the event the clip belongs to.")
+    label: str = Field(description="The episode's label.")
+    score: float = Field(description="The episode's highest window score.")
+    model: ModelRef = Field(description="The bundle that raised the episode.")
+    started_at: datetime = Field(description="Time of the clip's first sample (UTC).")
+    ended_at: datetime = Field(description="Time just after the clip's last sample (UTC).")
+    episode_started_at: datetime = Field(description="When the episode began (UTC).")
+    episode_ended_at: datetime = Field(description="When the episode ended (UTC).")
+    sample_rate: int = Field(description="Sample rate of the clip file, Hz.")
+    truncated: bool = Field(
+        description="Cut at the longest clip allowed before the post-roll was complete."
+    )

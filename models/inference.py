@@ -11,7 +11,25 @@ import numpy as np
 
 from models.bundle import Bundle
 from models.frontend import FloatArray, LogMel
-from models.runtimes import runtime_class
+from models.runtimes import RuntimeUnavailableError, runtime_class
+
+
+def choose_runtime(preference: str, bundle: Bundle) -> str:
+    """The configured runtime, or for `auto` the first the bundle carries and this machine has."""
+    roles = {entry.role for entry in bundle.manifest.files.values()}
+    candidates = ["onnx", "tflite"] if preference == "auto" else [preference]
+    problems = []
+    for kind in candidates:
+        if kind not in roles:
+            problems.append(f"the bundle has no {kind} model")
+            continue
+        try:
+            runtime_class(kind)
+        except RuntimeUnavailableError as exc:
+            problems.append(str(exc))
+            continue
+        return kind
+    raise RuntimeUnavailableError("no usable runtime: " + "; ".join(problems))
 
 
 class InferenceError(RuntimeError):

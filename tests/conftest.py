@@ -16,6 +16,7 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 CRY_8K_ORIGIN = FIXTURE_AUDIO / "cry" / "donateacry_android_035c6b30.wav"
 CRY_FULL_BAND = FIXTURE_AUDIO / "cry" / "donateacry_ios_045c5483.wav"
 SPEECH = FIXTURE_AUDIO / "other" / "fsdd_3_theo_10.wav"
+MUSIC = FIXTURE_AUDIO / "other" / "moh_reno_project-system_0040s.wav"
 
 
 @pytest.fixture(scope="session")

@@ -5,25 +5,52 @@ the MQTT reference in the same commit, on purpose."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from models.contract import EventPayload, ModelRef, events_topic
+from models.contract import (
+    ClipMetadata,
+    EventPayload,
+    ModelRef,
+    StatusPayload,
+    availability_topic,
+    events_topic,
+    state_topic,
+    status_topic,
+)
 from tests.conftest import REPO
 
 SNAPSHOTS = REPO / "tests" / "contract"
 
 
-def test_event_payload_schema_is_frozen() -> None:
-    frozen = json.loads((SNAPSHOTS / "event.schema.json").read_text())
-    assert EventPayload.model_json_schema() == frozen
+@pytest.mark.parametrize(
+    ("model", "snapshot"),
+    [
+        (EventPayload, "event.schema.json"),
+        (StatusPayload, "status.schema.json"),
+        (ClipMetadata, "clip_metadata.schema.json"),
+    ],
+)
+def test_payload_schemas_are_frozen(model: type[BaseModel], snapshot: str) -> None:
+    path = SNAPSHOTS / snapshot
+    if os.environ.get("SOUNDWARDEN_UPDATE_SNAPSHOTS"):
+        path.write_text(json.dumps(model.model_json_schema(), indent=2, sort_keys=True) + "\n")
+    frozen = json.loads(path.read_text())
+    assert model.model_json_schema() == frozen, (
+        f"{model.__name__} changed: if on purpose, run with SOUNDWARDEN_UPDATE_SNAPSHOTS=1 and "
+        "update DESIGN.md and the MQTT reference in the same commit"
+    )
 
 
-def test_events_topic() -> None:
+def test_topics() -> None:
     assert events_topic("nursery") == "soundwarden/nursery/events"
     assert events_topic("shop-2", prefix="home/sw") == "home/sw/shop-2/events"
+    assert availability_topic("nursery") == "soundwarden/nursery/availability"
+    assert state_topic("nursery", "cry") == "soundwarden/nursery/state/cry"
+    assert status_topic("nursery", prefix="x") == "x/nursery/status"
 
 
 def test_an_event_round_trips_through_json_exactly() -> None:

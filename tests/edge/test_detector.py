@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from edge.config import DetectionConfig
 from edge.detector import Detector, DetectorConfigError
 from models.audio import load_mono
 from models.bundle import DEFAULT_TRUSTED_KEYS, PRETRAINED_DIR, load_bundle
@@ -67,13 +68,62 @@ def test_events_do_not_depend_on_how_audio_is_chunked(cry_model: BundleModel) ->
 
 
 def test_a_threshold_override_applies(cry_model: BundleModel) -> None:
-    detector = Detector(cry_model, device="d", thresholds={"cry": 1.01}, origin=ORIGIN)
+    detector = Detector(
+        cry_model, device="d", rules=DetectionConfig(thresholds={"cry": 1.01}), origin=ORIGIN
+    )
     assert detector.thresholds == {"cry": 1.01}
     assert _run(detector, load_mono(CRY_FULL_BAND)) == []
 
 
 def test_bad_configuration_is_refused_with_the_reason(cry_model: BundleModel) -> None:
     with pytest.raises(DetectorConfigError, match=r"unknown label\(s\) \['glass'\]"):
-        Detector(cry_model, device="d", thresholds={"glass": 0.5})
+        Detector(cry_model, device="d", rules=DetectionConfig(thresholds={"glass": 0.5}))
     with pytest.raises(DetectorConfigError, match="multiple of the front end's 10 ms"):
-        Detector(cry_model, device="d", hop_s=0.123)
+        Detector(cry_model, device="d", rules=DetectionConfig(hop_s=0.123))
+
+
+def _two_cries(gap_s: float) -> np.ndarray:
+    cry = load_mono(CRY_FULL_BAND)
+    return np.concatenate([_room(2), cry, _room(gap_s, seed=3), cry, _room(5, seed=4)])
+
+
+def test_a_cry_returning_within_the_cooldown_stays_one_episode(cry_model: BundleModel) -> None:
+    audio = _two_cries(gap_s=4)
+    separate = _run(Detector(cry_model, device="d", origin=ORIGIN), audio)
+    assert [e.type for e in separate if e.type != "update"] == ["start", "end", "start", "end"]
+    merged = _run(
+        Detector(cry_model, device="d", rules=DetectionConfig(cooldown_s=6), origin=ORIGIN), audio
+    )
+    assert [e.type for e in merged if e.type != "update"] == ["start", "end"]
+    assert len({e.id for e in merged}) == 1
+    # The end is the second cry's, reported once the cooldown passed without a third.
+    assert merged[-1].ended_at == separate[-1].ended_at
+
+
+def test_episodes_shorter_than_min_duration_are_not_reported(cry_model: BundleModel) -> None:
+    audio = _two_cries(gap_s=4)
+    events = _run(Detector(cry_model, device="d", origin=ORIGIN), audio)
+    starts = [e for e in events if e.type == "start"]
+    ends = {e.id: e for e in events if e.type == "end"}
+    durations = [(ends[s.id].ended_at - s.started_at).total_seconds() for s in starts]  # type: ignore[operator]
+    longest = max(durations)
+    rules = DetectionConfig(min_duration_s=longest + 1)
+    assert _run(Detector(cry_model, device="d", rules=rules, origin=ORIGIN), audio) == []
+    held = _run(
+        Detector(cry_model, device="d", rules=DetectionConfig(min_duration_s=2), origin=ORIGIN),
+        audio,
+    )
+    first = next(e for e in held if e.type == "start")
+    assert first.started_at == starts[0].started_at  # held back, not re-timed
+
+
+def test_lost_audio_is_counted_and_keeps_the_clock_true(cry_model: BundleModel) -> None:
+    detector = Detector(cry_model, device="d", origin=ORIGIN)
+    detector.push(_room(2))
+    scored = detector.windows
+    lost = detector.skip(RATE)  # one second of audio never arrived
+    assert lost == 4 + 3  # four hops lost, three more while the next window fills
+    events = _run(detector, np.concatenate([load_mono(CRY_FULL_BAND), _room(4)]))
+    assert detector.windows > scored
+    onset = (events[0].started_at - ORIGIN).total_seconds()
+    assert 2.5 <= onset <= 4.5  # the cry begins at 3 s on the true clock

@@ -1,4 +1,4 @@
-"""The outbox sender against a real Mosquitto: delivery, outages, restarts, last will."""
+"""The MQTT link against a real Mosquitto: delivery, outages, restarts, last will."""
 
 from __future__ import annotations
 
@@ -6,50 +6,18 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.mqtt import OutboxSender
+from edge.config import MqttConfig
+from edge.mqtt import MqttLink
 from edge.spool import Spool
 from tests.conftest import REPO
-from tests.mosquitto import Mosquitto
-
-
-class Subscriber:
-    """Collects what arrives under soundwarden/# (QoS 1)."""
-
-    def __init__(self, port: int) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self._lock = threading.Lock()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        self._client.on_connect = lambda c, *_: c.subscribe("soundwarden/#", qos=1)
-        self._client.on_message = self._on_message
-        self._client.connect("127.0.0.1", port)
-        self._client.loop_start()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            self.messages.append((message.topic, message.payload, bool(message.retain)))
-
-    def payloads(self, topic: str) -> list[bytes]:
-        with self._lock:
-            return [p for t, p, _ in self.messages if t == topic]
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from tests.mosquitto import Mosquitto, Subscriber, wait_for
 
 
 @pytest.fixture()
@@ -58,6 +26,10 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server.start()
     yield server
     server.stop()
+
+
+def _config(broker: Mosquitto, **overrides: object) -> MqttConfig:
+    return MqttConfig.model_validate({"host": "127.0.0.1", "port": broker.port, **overrides})
 
 
 def _queue(spool: Spool, first: int, count: int) -> None:
@@ -70,45 +42,46 @@ def test_queued_events_reach_subscribers_and_leave_the_spool(
 ) -> None:
     subscriber = Subscriber(broker.port)
     spool = Spool(tmp_path / "outbox.db")
-    sender = OutboxSender(spool, device="nursery", host="127.0.0.1", port=broker.port)
-    sender.start()
+    link = MqttLink(spool, device="nursery", config=_config(broker))
+    link.start()
     try:
-        wait_for(lambda: sender.connected)
+        wait_for(lambda: link.connected)
         _queue(spool, 0, 30)
-        sender.notify()
+        link.notify()
         wait_for(lambda: len(subscriber.payloads("soundwarden/nursery/events")) >= 30)
         wait_for(lambda: spool.depth() == 0)
         received = subscriber.payloads("soundwarden/nursery/events")
         assert received[:30] == [f'{{"id": "ep{i}"}}'.encode() for i in range(30)]
         assert subscriber.payloads("soundwarden/nursery/availability")[-1] == b"online"
     finally:
-        sender.stop()
+        link.stop()
         subscriber.close()
 
 
 def test_a_broker_outage_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
     spool = Spool(tmp_path / "outbox.db")
-    sender = OutboxSender(
-        spool, device="nursery", host="127.0.0.1", port=broker.port, reconnect_max_s=2
-    )
-    sender.start()
+    link = MqttLink(spool, device="nursery", config=_config(broker, reconnect_max_s=2))
+    link.start()
     try:
-        wait_for(lambda: sender.connected)
+        wait_for(lambda: link.connected)
         broker.stop()
-        wait_for(lambda: not sender.connected)
+        wait_for(lambda: not link.connected)
         _queue(spool, 0, 25)  # events raised while the broker is down
-        sender.notify()
+        link.notify()
         time.sleep(1.0)
         assert spool.depth() == 25
         broker.start()
         subscriber = Subscriber(broker.port)
         try:
             wait_for(lambda: spool.depth() == 0, timeout_s=30)
-            wait_for(lambda: len(set(subscriber.payloads("soundwarden/nursery/events"))) == 25)
+            wait_for(lambda: len(subscriber.payloads("soundwarden/nursery/events")) >= 25)
+            time.sleep(0.5)
+            expected = [f'{{"id": "ep{i}"}}'.encode() for i in range(25)]
+            assert subscriber.payloads("soundwarden/nursery/events") == expected  # once, in order
         finally:
             subscriber.close()
     finally:
-        sender.stop()
+        link.stop()
 
 
 def test_stop_says_offline_and_a_killed_device_is_declared_offline_by_its_will(
@@ -116,22 +89,21 @@ def test_stop_says_offline_and_a_killed_device_is_declared_offline_by_its_will(
 ) -> None:
     subscriber = Subscriber(broker.port)
     try:
-        sender = OutboxSender(
-            Spool(tmp_path / "a.db"), device="kitchen", host="127.0.0.1", port=broker.port
-        )
-        sender.start()
+        link = MqttLink(Spool(tmp_path / "a.db"), device="kitchen", config=_config(broker))
+        link.start()
         wait_for(lambda: subscriber.payloads("soundwarden/kitchen/availability") == [b"online"])
-        sender.stop()
+        link.stop()
         wait_for(
             lambda: subscriber.payloads("soundwarden/kitchen/availability")[-1:] == [b"offline"]
         )
 
         device = (
             "import sys\n"
-            "from edge.mqtt import OutboxSender\n"
+            "from edge.config import MqttConfig\n"
+            "from edge.mqtt import MqttLink\n"
             "from edge.spool import Spool\n"
-            f"s = OutboxSender(Spool({str(tmp_path / 'b.db')!r}), device='garage',"
-            f" host='127.0.0.1', port={broker.port})\n"
+            f"s = MqttLink(Spool({str(tmp_path / 'b.db')!r}), device='garage',"
+            f" config=MqttConfig(host='127.0.0.1', port={broker.port}))\n"
             "s.start()\n"
             "sys.stdin.read()\n"
         )
@@ -144,3 +116,116 @@ def test_stop_says_offline_and_a_killed_device_is_declared_offline_by_its_will(
         )
     finally:
         subscriber.close()
+
+
+def test_retained_state_is_restored_after_a_broker_restart_without_persistence(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    link = MqttLink(
+        Spool(tmp_path / "o.db"), device="nursery", config=_config(broker, reconnect_max_s=1)
+    )
+    link.start()
+    try:
+        wait_for(lambda: link.connected)
+        link.publish_retained("soundwarden/nursery/state/cry", "ON")
+        link.publish_retained("soundwarden/nursery/state/cry", "OFF")
+        broker.stop()  # this broker keeps nothing: the retained values are gone
+        broker.start()
+        wait_for(lambda: link.connected, timeout_s=30)
+        late = Subscriber(broker.port)  # subscribes after the restart: sees retained only
+        try:
+            wait_for(lambda: late.payloads("soundwarden/nursery/state/cry") == [b"OFF"])
+            assert late.payloads("soundwarden/nursery/availability") == [b"online"]
+        finally:
+            late.close()
+    finally:
+        link.stop()
+
+
+def test_discovery_is_sent_again_when_home_assistant_comes_online(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    seen: list[bytes] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.on_connect = lambda c, *_: c.subscribe("homeassistant/device/#", qos=1)
+    watcher.on_message = lambda _c, _u, m: seen.append(m.payload)
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.loop_start()
+    link = MqttLink(
+        Spool(tmp_path / "o.db"),
+        device="nursery",
+        config=_config(broker),
+        ha_status_topic="homeassistant/status",
+    )
+    link.set_discovery([("homeassistant/device/nursery/config", '{"dev": {}}')])
+    link.start()
+    try:
+        wait_for(lambda: len(seen) == 1)
+        watcher.publish("homeassistant/status", "offline", qos=1)
+        watcher.publish("homeassistant/status", "online", qos=1)  # HA restarted
+        wait_for(lambda: len(seen) == 2)
+        assert seen == [b'{"dev": {}}'] * 2
+    finally:
+        link.stop()
+        watcher.disconnect()
+        watcher.loop_stop()
+
+
+def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl, as an admin would)."""
+    ca_key, ca, key, csr, cert = (
+        tmp_path / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", "2",
+        "-subj", "/CN=soundwarden test CA")  # fmt: skip
+    run("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
+    return ca, cert, key
+
+
+def test_tls_with_username_and_password(tmp_path: Path) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    passwords = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(passwords), "nursery", "s3cret"], check=True
+    )
+    secure = Mosquitto(
+        tmp_path,
+        anonymous=False,
+        listener=f"cafile {ca}\ncertfile {cert}\nkeyfile {key}",
+        extra=f"password_file {passwords}",
+    )
+    secure.start()
+    try:
+        tls = {"ca_file": str(ca)}
+        good = MqttLink(
+            Spool(tmp_path / "a.db"),
+            device="nursery",
+            config=_config(secure, tls=tls, username="nursery", password="s3cret"),
+        )
+        bad = MqttLink(
+            Spool(tmp_path / "b.db"),
+            device="intruder",
+            config=_config(secure, tls=tls, username="nursery", password="guess"),
+        )
+        untrusted = MqttLink(  # right password, but the broker's CA is not trusted
+            Spool(tmp_path / "c.db"),
+            device="nursery",
+            config=_config(secure, username="nursery", password="s3cret", tls={}),
+        )
+        for link in (good, bad, untrusted):
+            link.start()
+        try:
+            wait_for(lambda: good.connected)
+            time.sleep(1.0)
+            assert not bad.connected and not untrusted.connected
+        finally:
+            for link in (good, bad, untrusted):
+                link.stop(timeout_s=1)
+    finally:
+        secure.stop()

@@ -26,8 +26,8 @@ def test_dataset_prints_counts_and_writes_json(
 ) -> None:
     out_json = tmp_path / "summary.json"
     assert main(["dataset", str(FIXTURE_AUDIO), "--json", str(out_json)]) == 0
-    assert "4 clips" in capsys.readouterr().out
-    assert json.loads(out_json.read_text())["labels"] == {"cry": 2, "other": 2}
+    assert "5 clips" in capsys.readouterr().out
+    assert json.loads(out_json.read_text())["labels"] == {"cry": 2, "other": 3}
 
 
 def test_bad_dataset_exits_1_with_the_problems(

@@ -38,9 +38,9 @@ def test_every_development_dataset_reads(shared_datasets: Path, name: str) -> No
 
 def test_fixture_folder_summary_counts_labels_splits_groups_and_minutes() -> None:
     summary = summarize(read_dataset(FIXTURE_AUDIO))
-    assert summary["labels"] == {"cry": 2, "other": 2}
-    assert summary["splits"] == {"test": {"cry": 1, "other": 1}, "train": {"cry": 1, "other": 1}}
-    assert summary["groups"] == {"test": 2, "train": 2}
+    assert summary["labels"] == {"cry": 2, "other": 3}
+    assert summary["splits"] == {"test": {"cry": 1, "other": 2}, "train": {"cry": 1, "other": 1}}
+    assert summary["groups"] == {"test": 3, "train": 2}
     assert summary["duration_s"]["cry"] == pytest.approx(13.96, abs=0.05)
     table = format_summary(summary)
     assert "cry" in table and "groups" in table

@@ -1,0 +1,253 @@
+"""`soundwarden-edge run` end to end: a real daemon process, a real Mosquitto, real recordings.
+
+What a user would notice: a cry becomes `start` and `end` events a subscriber receives, speech
+and music raise nothing, and no event is lost or duplicated when the broker goes away for half
+a minute or the daemon is killed outright.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from edge.config import DetectionConfig
+from edge.detector import Detector
+from models.audio import load_mono
+from models.bundle import DEFAULT_TRUSTED_KEYS, PRETRAINED_DIR, load_bundle
+from models.contract import EventPayload, StatusPayload
+from models.inference import BundleModel
+from models.signing import TrustedKeys
+from tests.conftest import CRY_FULL_BAND, MUSIC, REPO, SPEECH
+from tests.mosquitto import Mosquitto, Subscriber, wait_for
+
+RATE = 16000
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    (tmp_path / "broker").mkdir()
+    server = Mosquitto(tmp_path / "broker", persistence=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def room(seconds: float, seed: int = 0) -> np.ndarray:
+    """A quiet room: noise at about -60 dBFS."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(seconds * RATE)) * 0.001).astype(np.float32)
+
+
+def write_wav(path: Path, *parts: np.ndarray) -> Path:
+    sf.write(path, np.concatenate(parts), RATE, subtype="PCM_16")
+    return path
+
+
+def write_config(tmp_path: Path, port: int, source: str, extra: str = "") -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(
+        f'device = "nursery"\ndata_dir = "{tmp_path / "data"}"\nlog_level = "debug"\n'
+        f"[audio.source]\n{source}\n"
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_max_s = 2\n'
+        f"status_interval_s = 1.0\n{extra}"
+    )
+    return path
+
+
+def start_daemon(
+    config: Path, env: dict[str, str] | None = None, stdin: int | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdin=stdin,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(daemon: subprocess.Popen[bytes], timeout_s: float = 60) -> str:
+    _, stderr = daemon.communicate(timeout=timeout_s)
+    log = stderr.decode()
+    assert daemon.returncode == 0, log
+    return log
+
+
+def events(subscriber: Subscriber) -> list[EventPayload]:
+    return [
+        EventPayload.model_validate_json(p)
+        for p in subscriber.payloads("soundwarden/nursery/events")
+    ]
+
+
+def expected_steps(audio: np.ndarray) -> list[str]:
+    """The episode steps the same bundle and rules give offline, for comparison."""
+    model = BundleModel(load_bundle(PRETRAINED_DIR / "cry-detector", TrustedKeys.from_paths(
+        [DEFAULT_TRUSTED_KEYS])))  # fmt: skip
+    detector = Detector(model, device="nursery", rules=DetectionConfig())
+    found = detector.push(audio) + detector.flush()
+    return [e.type for e in found]
+
+
+def test_a_replayed_cry_is_one_episode_and_speech_and_music_raise_nothing(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    cry = write_wav(tmp_path / "cry.wav", room(2), load_mono(CRY_FULL_BAND), room(3, 1))
+    subscriber = Subscriber(broker.port, topic="#")
+    try:
+        config = write_config(
+            tmp_path, broker.port, f'type = "file"\npath = "{cry}"\nrealtime = false'
+        )
+        finish(start_daemon(config))
+        wait_for(
+            lambda: subscriber.payloads("soundwarden/nursery/availability")[-1:] == [b"offline"]
+        )
+        received = events(subscriber)
+        steps = [e.type for e in received]
+        assert steps[0] == "start" and steps[-1] == "end" and set(steps[1:-1]) <= {"update"}
+        assert {e.label for e in received} == {"cry"} and len({e.id for e in received}) == 1
+        assert received[-1].clip == received[0].id  # its clip is waiting for upload
+        assert subscriber.payloads("soundwarden/nursery/state/cry") == [b"OFF", b"ON", b"OFF"]
+        status = StatusPayload.model_validate_json(
+            subscriber.payloads("soundwarden/nursery/status")[-1]
+        )
+        assert status.model.name == "cry-detector" and status.windows.processed > 20
+        assert status.source.type == "file" and status.spool.depth >= 0
+        discovery = json.loads(subscriber.payloads("homeassistant/device/nursery/config")[0])
+        assert discovery  # its content is frozen by tests/edge/test_homeassistant.py
+
+        quiet = write_wav(tmp_path / "quiet.wav", load_mono(SPEECH), room(1), load_mono(MUSIC))
+        before = len(received)
+        config = write_config(
+            tmp_path, broker.port, f'type = "file"\npath = "{quiet}"\nrealtime = false'
+        )
+        finish(start_daemon(config))
+        time.sleep(0.5)
+        assert len(events(subscriber)) == before
+    finally:
+        subscriber.close()
+
+
+def _spooled_keys(tmp_path: Path) -> list[str]:
+    database = tmp_path / "data" / "spool.sqlite"
+    if not database.exists():
+        return []
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT key FROM outbox WHERE kind = 'event' ORDER BY seq").fetchall()
+    return [key for (key,) in rows]
+
+
+@pytest.mark.slow
+def test_a_broker_outage_of_30_s_loses_and_duplicates_nothing(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    cry = load_mono(CRY_FULL_BAND)
+    audio = np.concatenate([room(2)] + [np.concatenate([cry, room(4, i)]) for i in range(4)])
+    path = write_wav(tmp_path / "cries.wav", audio)
+    subscriber = Subscriber(broker.port, client_id="integration")
+    daemon = start_daemon(
+        write_config(tmp_path, broker.port, f'type = "file"\npath = "{path}"\nrealtime = true')
+    )
+    try:
+        wait_for(lambda: len(events(subscriber)) > 0, timeout_s=30)
+        broker.stop()  # the broker dies mid-stream...
+        outage_started = time.monotonic()
+        wait_for(lambda: len(_spooled_keys(tmp_path)) > 0, timeout_s=30)  # ...events keep coming
+        time.sleep(max(0.0, 30 - (time.monotonic() - outage_started)))
+        broker.start()  # the same persistence: the subscriber's session survives
+        finish(daemon, timeout_s=120)
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+    wait_for(lambda: [e.type for e in events(subscriber)] == expected_steps(audio), timeout_s=30)
+    received = events(subscriber)
+    keys = [(e.id, e.type, e.score, e.max_score) for e in received]
+    assert len(keys) == len(set(keys))  # nothing twice
+    starts = [e for e in received if e.type == "start"]
+    assert len(starts) == 4 and starts == sorted(starts, key=lambda e: e.started_at)
+    subscriber.close()
+
+
+def test_sigkill_with_events_spooled_then_restart_delivers_each_once(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    cry = load_mono(CRY_FULL_BAND)
+    path = write_wav(tmp_path / "cries.wav", room(1), cry, room(3), cry, room(3, 1))
+    broker.stop()  # the network is down from the start
+    config = write_config(tmp_path, broker.port, f'type = "file"\npath = "{path}"\nrealtime = true')
+    daemon = start_daemon(config)
+    try:
+        wait_for(lambda: "end" in {k.split(":")[1] for k in _spooled_keys(tmp_path)}, timeout_s=60)
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait()
+    spooled = _spooled_keys(tmp_path)
+    assert spooled, "the killed daemon left its events in the spool"
+    broker.start()
+    subscriber = Subscriber(broker.port)
+    try:
+        silent = write_wav(tmp_path / "silent.wav", room(2))
+        config = write_config(
+            tmp_path, broker.port, f'type = "file"\npath = "{silent}"\nrealtime = false'
+        )
+        finish(start_daemon(config))
+        wait_for(lambda: len(events(subscriber)) >= len(spooled))
+        time.sleep(0.5)
+        received = [f"{e.id}:{e.type}" for e in events(subscriber)]
+        assert [k for k in received if ":update" not in k] == [
+            k for k in spooled if ":update" not in k
+        ]
+        assert len(received) == len(spooled)
+        assert _spooled_keys(tmp_path) == []
+    finally:
+        subscriber.close()
+
+
+def test_pcm_on_stdin_at_44k_stereo_is_heard(broker: Mosquitto, tmp_path: Path) -> None:
+    """`arecord -r 44100 -c 2 -t raw | soundwarden-edge run`: resampled and downmixed."""
+    from models.audio import float_to_int16, resample
+
+    mono = np.concatenate([room(1), load_mono(CRY_FULL_BAND), room(3)])
+    high = resample(mono, RATE, 44100)
+    stereo = np.stack([high, 0.5 * high], axis=1)
+    subscriber = Subscriber(broker.port)
+    try:
+        config = write_config(
+            tmp_path, broker.port, 'type = "stdin"\nsample_rate = 44100\nchannels = 2'
+        )
+        daemon = start_daemon(config, stdin=subprocess.PIPE)
+        assert daemon.stdin is not None
+        daemon.stdin.write(float_to_int16(stereo).tobytes())
+        daemon.stdin.close()
+        daemon.stdin = None  # closed: communicate() must not flush it
+        finish(daemon)
+        steps = [e.type for e in events(subscriber)]
+        assert steps[0] == "start" and steps[-1] == "end"
+    finally:
+        subscriber.close()
+
+
+def test_a_tampered_bundle_refuses_to_start(tmp_path: Path) -> None:
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(PRETRAINED_DIR / "cry-detector", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["thresholds"]["cry"] = 0.1  # an attacker's "more sensitive" model
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    config = write_config(tmp_path, 1, 'type = "stdin"', extra=f'[model]\nbundle = "{bundle}"\n')
+    daemon = start_daemon(config, stdin=subprocess.DEVNULL)
+    _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 1
+    assert "signature" in stderr.decode().lower()
