@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ from models.bundle import DEFAULT_TRUSTED_KEYS, PRETRAINED_DIR, load_bundle
 from models.contract import EventPayload, StatusPayload
 from models.inference import BundleModel
 from models.signing import TrustedKeys
+from tests import alsa
 from tests.conftest import CRY_FULL_BAND, MUSIC, REPO, SPEECH
 from tests.mosquitto import Mosquitto, Subscriber, wait_for
 
@@ -251,3 +254,105 @@ def test_a_tampered_bundle_refuses_to_start(tmp_path: Path) -> None:
     _, stderr = daemon.communicate(timeout=30)
     assert daemon.returncode == 1
     assert "signature" in stderr.decode().lower()
+
+
+class NotifyListener:
+    """systemd's side of the notify protocol: a datagram socket, messages with arrival times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._socket.bind(str(path))
+        self._socket.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._socket.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def times(self, prefix: str) -> list[float]:
+        return [at for at, text in list(self.messages) if text.startswith(prefix)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._socket.close()
+
+
+def _cry_on_the_microphone() -> alsa.Signal:
+    """The cry between quiet stretches, at the device's 44.1 kHz on two channels, looped."""
+    from models.audio import float_to_int16, resample
+
+    mono = resample(np.concatenate([room(2), load_mono(CRY_FULL_BAND), room(4)]), RATE, 44100)
+    frames = float_to_int16(np.stack([mono, 0.8 * mono], axis=1))
+
+    def signal(start: int, count: int) -> np.ndarray:
+        return frames[(start + np.arange(count)) % len(frames)]
+
+    return signal
+
+
+def test_the_microphone_path_with_systemd_readiness_and_a_watchdog_that_follows_audio(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyaudio", reason="the mic extra (PyAudio) is part of the test install")
+    microphone = alsa.install(tmp_path, _cry_on_the_microphone())
+    listener = NotifyListener(tmp_path / "notify.sock")
+    subscriber = Subscriber(broker.port)
+    env = {"HOME": str(tmp_path), "NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"}
+    tuning = "[audio]\nstall_timeout_s = 1.5\nreopen_max_s = 1.0\n"
+    try:
+        wrong = start_daemon(
+            write_config(tmp_path, broker.port, 'type = "microphone"\ndevice = "no such mic"'),
+            env=env,
+        )
+        time.sleep(3)
+        wrong.send_signal(signal.SIGTERM)
+        log = finish(wrong)
+        assert "'no such mic': no such input" in log and alsa.DEVICE_NAME in log
+        assert listener.times("READY=1") == []  # never ready without audio
+
+        config = write_config(
+            tmp_path,
+            broker.port,
+            # One FIFO write per PortAudio period (see tests/alsa.py).
+            f'type = "microphone"\ndevice = "{alsa.DEVICE_NAME}"\nchunk_s = {alsa.PERIOD_S}\n'
+            + tuning,
+        )
+        daemon = start_daemon(config, env=env)
+        wait_for(lambda: len(listener.times("READY=1")) == 1, timeout_s=30)
+        wait_for(lambda: "start" in [e.type for e in events(subscriber)], timeout_s=30)
+        assert len(listener.times("WATCHDOG=1")) >= 2
+
+        microphone.pause()  # the microphone goes dead: pings stop, systemd would restart us
+        paused = time.monotonic()
+        wait_for(lambda: time.monotonic() - max(listener.times("WATCHDOG=1")) > 3, timeout_s=20)
+        assert max(listener.times("WATCHDOG=1")) < paused + 2.0
+
+        microphone.resume()  # it comes back: reopened, pinging again
+        resumed = time.monotonic()
+        wait_for(lambda: max(listener.times("WATCHDOG=1")) > resumed, timeout_s=90)
+        statuses = [
+            StatusPayload.model_validate_json(p)
+            for p in subscriber.payloads("soundwarden/nursery/status")
+        ]
+        assert {"stalled", "reopening"} & {s.source.state for s in statuses}
+
+        stopped = time.monotonic()
+        daemon.send_signal(signal.SIGTERM)
+        finish(daemon)
+        assert [at for at in listener.times("STOPPING=1") if at > stopped]
+        wait_for(
+            lambda: subscriber.payloads("soundwarden/nursery/availability")[-1:] == [b"offline"]
+        )
+    finally:
+        microphone.stop()
+        listener.close()
+        subscriber.close()

@@ -20,10 +20,11 @@ import soundfile as sf
 from edge.config import FileSourceConfig, MicrophoneSourceConfig, StdinSourceConfig
 from edge.sources import SOURCES, AudioSource, SourceError, create_source
 from edge.sources.stdin import StdinSource
+from tests import alsa
 from tests.conftest import REPO
 
 RATE = 16000
-NATIVE = 44100
+NATIVE = alsa.NATIVE_RATE
 TONE_HZ = 1000.0
 LEVELS = (0.5, 0.1)  # left, right: the mono downmix is their mean
 MONO_RMS = float(np.mean(LEVELS) / np.sqrt(2))
@@ -59,25 +60,7 @@ def read_all(source: AudioSource, timeout_s: float = 30) -> list[npt.NDArray[np.
 
 # -- microphone: PyAudio over an ALSA capture device fed from a FIFO (no sound card here) -----
 
-# Two single-channel null slaves under `multi` make the device report two channels (a bare
-# null takes any count, so PortAudio would report 128); the file plugin copies the FIFO's
-# interleaved bytes into them. Its rate stays open, so PortAudio reports 44.1 kHz as native.
-ALSA_DEVICE = """
-pcm.soundwarden_test_mic {{
-    type file
-    slave.pcm {{
-        type multi
-        slaves.a {{ pcm {{ type null }} channels 1 }}
-        slaves.b {{ pcm {{ type null }} channels 1 }}
-        bindings.0 {{ slave a channel 0 }}
-        bindings.1 {{ slave b channel 0 }}
-    }}
-    file "/dev/null"
-    infile "{fifo}"
-    format "raw"
-}}
-"""
-MIC_CHUNK_S = 0.01
+MIC_CHUNK_S = alsa.PERIOD_S
 
 MIC_SCRIPT = """
 import json, sys, time
@@ -110,53 +93,10 @@ print(json.dumps({"name": source.name, "native_rate": source.native_rate,
 """
 
 
-class FifoMicrophone:
-    """Plays the stereo tone into the FIFO in real time, reopening it whenever the reader
-    goes away (PortAudio opens and closes every device while listing them).
-
-    Each write is one PortAudio period, under PIPE_BUF so the kernel keeps it whole: the file
-    plugin takes a short read as a full period and fills the rest with stale samples.
-    """
-
-    def __init__(self, fifo: Path, block: int) -> None:
-        self._fifo, self._block = fifo, block
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        written = 0
-        while not self._stop.is_set():
-            try:
-                fd = os.open(self._fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO until PortAudio opens the device
-                time.sleep(0.005)
-                continue
-            os.set_blocking(fd, True)
-            started, sent = time.monotonic(), 0
-            try:
-                while not self._stop.is_set():
-                    time.sleep(max(0.0, started + sent * self._block / NATIVE - time.monotonic()))
-                    os.write(fd, stereo_tone(written, self._block).tobytes())
-                    written += self._block
-                    sent += 1
-            except BrokenPipeError:
-                pass
-            finally:
-                os.close(fd)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-
 @pytest.fixture()
 def alsa_home(tmp_path: Path) -> Iterator[Path]:
     pytest.importorskip("pyaudio", reason="the mic extra (PyAudio) is part of the test install")
-    fifo = tmp_path / "mic.fifo"
-    os.mkfifo(fifo)
-    (tmp_path / ".asoundrc").write_text(ALSA_DEVICE.format(fifo=fifo))
-    writer = FifoMicrophone(fifo, block=round(MIC_CHUNK_S * NATIVE))
+    writer = alsa.install(tmp_path, stereo_tone)
     try:
         yield tmp_path
     finally:
