@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +128,27 @@ def test_lost_audio_is_counted_and_keeps_the_clock_true(cry_model: BundleModel) 
     assert detector.windows > scored
     onset = (events[0].started_at - ORIGIN).total_seconds()
     assert 2.5 <= onset <= 4.5  # the cry begins at 3 s on the true clock
+
+
+def test_an_anomaly_bundle_raises_abnormal_episodes_from_its_score(shared_datasets: Path) -> None:
+    """The machine monitor: a held-out normal recording stays quiet; the same machine with a
+    knocking fault (impulses 8 times a second, as in scripts/bench_anomaly.py), and the one
+    real abnormal recording, are `abnormal` episodes."""
+    trusted = TrustedKeys.from_paths([DEFAULT_TRUSTED_KEYS])
+    model = BundleModel(load_bundle(PRETRAINED_DIR / "machine-anomaly", trusted))
+    machine = shared_datasets / "machine"
+    normal = load_mono(machine / "normal" / "normal_id_00_00000052.wav")  # test split
+    assert _run(Detector(model, device="shop", origin=ORIGIN), normal) == []
+    real = _run(
+        Detector(model, device="shop", origin=ORIGIN),
+        load_mono(machine / "abnormal" / "anomaly_id_00_00000000.wav"),
+    )
+    assert [e.type for e in real][:1] == ["start"] and {e.label for e in real} == {"abnormal"}
+    rng = np.random.default_rng(0)
+    knock = np.zeros_like(normal)
+    for start in range(0, len(normal) - 64, RATE // 8):
+        knock[start : start + 64] = rng.standard_normal(64) * np.exp(-np.linspace(0, 5, 64))
+    faulty = np.clip(normal + knock, -1, 1).astype(np.float32)
+    events = _run(Detector(model, device="shop", origin=ORIGIN), faulty)
+    assert events and {e.label for e in events} == {"abnormal"}
+    assert events[0].type == "start" and events[-1].type == "end"
