@@ -177,20 +177,24 @@ class Daemon:
             if self.recorder:
                 self._clips_finished(self.recorder.skip(dropped_before))
         events = self.detector.push(samples)
+        for event in events:  # spooled before any clip work: events never wait for a disk write
+            self._emit(event)
+        self._record(events)
         if self.recorder:
             self._clips_finished(self.recorder.push(samples))
-        for event in events:
-            self._emit(event)
+
+    def _record(self, events: list[EventPayload]) -> None:
+        if self.recorder:
+            for event in events:
+                self._clips_finished(self.recorder.on_event(event))
 
     def _clips_finished(self, ids: list[str]) -> None:
         if ids and self.uploader:
             self.uploader.notify()
 
     def _emit(self, event: EventPayload) -> None:
-        if self.recorder:
-            self._clips_finished(self.recorder.on_event(event))
-            if event.type == "end":
-                event = event.model_copy(update={"clip": self.recorder.clip_id_for(event)})
+        if self.recorder and event.type == "end":
+            event = event.model_copy(update={"clip": self.recorder.clip_id_for(event)})
         key = f"{event.id}:{event.type}"
         if event.type == "update":
             count = self._updates.get(event.id, 0) + 1
@@ -261,8 +265,10 @@ class Daemon:
     def _shutdown(self) -> None:
         self.notifier.stopping("stopping: flushing the spool")
         self.capture.stop()
-        for event in self.detector.flush():
+        ended = self.detector.flush()
+        for event in ended:
             self._emit(event)
+        self._record(ended)
         if self.recorder:
             self._clips_finished(self.recorder.flush())
         self._publish_status()

@@ -173,7 +173,7 @@ class MqttLink:
         reason_code: ReasonCode,
         _properties: object,
     ) -> None:
-        if self._connected.is_set():
+        if self._connected.is_set() and not self._stop.is_set():
             log.warning("MQTT disconnected (%s); events wait in the spool", reason_code)
         self._connected.clear()
 

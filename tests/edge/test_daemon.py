@@ -121,6 +121,11 @@ def test_a_replayed_cry_is_one_episode_and_speech_and_music_raise_nothing(
         assert steps[0] == "start" and steps[-1] == "end" and set(steps[1:-1]) <= {"update"}
         assert {e.label for e in received} == {"cry"} and len({e.id for e in received}) == 1
         assert received[-1].clip == received[0].id  # its clip is waiting for upload
+        clip = sf.info(tmp_path / "data" / "clips" / "pending" / f"{received[0].id}.flac")
+        episode = received[-1].ended_at - received[0].started_at  # type: ignore[operator]
+        # Pre-roll (2 s, less where the recording starts) + episode + post-roll (3 s, less where
+        # the recording ends: the clip is finished at shutdown with what there is).
+        assert episode.total_seconds() + 2 < clip.duration <= episode.total_seconds() + 5.01
         assert subscriber.payloads("soundwarden/nursery/state/cry") == [b"OFF", b"ON", b"OFF"]
         status = StatusPayload.model_validate_json(
             subscriber.payloads("soundwarden/nursery/status")[-1]
