@@ -170,8 +170,14 @@ class Capture:
     def _pump(self, source: AudioSource) -> str | None:
         """Read until the stream ends or capture stops (None), or the source stalls (why)."""
         last_progress = time.monotonic()
+        lost_before = source.dropped_samples
         while not self._stop.is_set():
             samples = source.read(READ_SLICE_S)
+            # Audio the source lost itself is a gap like a backlog overflow: the analysis must
+            # know, to keep its clock true. It lies about before what this read returned.
+            lost, lost_before = source.dropped_samples - lost_before, source.dropped_samples
+            if lost:
+                self._count_dropped(lost)
             now = time.monotonic()
             if samples is None:
                 self._set_state("ended")
@@ -216,19 +222,26 @@ class Capture:
                     dropped = excess
                 excess -= dropped
                 self._backlog_samples -= dropped
-                self._dropped_pending += dropped
-                self._dropped_samples += dropped
-                self._dropped_unlogged += dropped
-            if self._dropped_unlogged and now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
+                self._count_dropped(dropped)
+            self._cond.notify_all()
+
+    def _count_dropped(self, samples: int) -> None:
+        """Audio lost before analysis: reported with the next chunk, logged at most every
+        DROP_LOG_INTERVAL_S."""
+        with self._cond:
+            self._dropped_pending += samples
+            self._dropped_samples += samples
+            self._dropped_unlogged += samples
+            now = time.monotonic()
+            if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
                 log.warning(
-                    "analysis is falling behind: dropped the oldest %.2f s of audio to keep the "
-                    "backlog within %.1f s",
+                    "dropped %.2f s of audio (analysis behind, or the device overran); the "
+                    "backlog holds at most %.1f s",
                     self._dropped_unlogged / self._rate,
                     self._max_backlog / self._rate,
                 )
                 self._dropped_unlogged = 0
                 self._last_drop_log = now
-            self._cond.notify_all()
 
     def _set_state(self, state: State) -> None:
         with self._cond:

@@ -6,7 +6,8 @@ A new kind of source is a module here with an `AudioSource` subclass naming its 
 
 from __future__ import annotations
 
-from edge.sources.base import AudioSource, SourceConfigs, SourceError
+from edge.config import SourceConfig
+from edge.sources.base import AudioSource, SourceError
 from edge.sources.file import FileSource
 from edge.sources.microphone import MicrophoneSource
 from edge.sources.stdin import StdinSource
@@ -18,6 +19,6 @@ SOURCES: dict[str, type[AudioSource]] = {
 __all__ = ["SOURCES", "AudioSource", "SourceError", "create_source"]
 
 
-def create_source(config: SourceConfigs, rate: int) -> AudioSource:
+def create_source(config: SourceConfig, rate: int) -> AudioSource:
     """The source `config.type` names, unopened; its output is mono float32 at `rate` Hz."""
     return SOURCES[config.type](config, rate)

@@ -14,10 +14,8 @@ from typing import ClassVar
 import numpy as np
 import soxr
 
-from edge.config import FileSourceConfig, MicrophoneSourceConfig, StdinSourceConfig
+from edge.config import SourceConfig
 from models.audio import FloatArray, Int16Array, int16_to_float, to_mono
-
-SourceConfigs = MicrophoneSourceConfig | FileSourceConfig | StdinSourceConfig
 
 
 class SourceError(RuntimeError):
@@ -31,8 +29,11 @@ class AudioSource(ABC):
     # capture drops audio rather than wait for the analysis; a file replayed as fast as
     # possible is not live: it is read only as fast as the analysis takes it, and nothing is lost.
     live: bool = True
+    # Samples (at `rate`) the source itself lost before `read` could hand them out, e.g. a
+    # sound card's queue overflowing; capture counts them with its own drops.
+    dropped_samples: int = 0
 
-    def __init__(self, config: SourceConfigs, rate: int) -> None:
+    def __init__(self, config: SourceConfig, rate: int) -> None:
         self.rate = rate
 
     @abstractmethod

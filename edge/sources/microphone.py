@@ -33,7 +33,6 @@ class MicrophoneSource(AudioSource):
         self.name = "default input" if config.device is None else str(config.device)
         self.native_rate = 0  # known once open
         self.channels = 0
-        self.dropped_samples = 0  # at the native rate, before resampling
         self._queue: queue.Queue[bytes] = queue.Queue(math.ceil(QUEUE_S / config.chunk_s))
         self._audio: Any = None
         self._stream: Any = None
@@ -113,7 +112,8 @@ class MicrophoneSource(AudioSource):
             try:
                 self._queue.put_nowait(data)
             except queue.Full:
-                self.dropped_samples += frames  # only this thread writes it
+                # Only this thread writes it; counted at the model's rate, like capture's drops.
+                self.dropped_samples += round(frames * self.rate / self.native_rate)
         return None, 0  # paContinue
 
     def read(self, timeout_s: float) -> FloatArray | None:

@@ -201,3 +201,23 @@ def test_a_file_replayed_fast_waits_for_the_analysis_instead(
     chunks = drain(capture)
     assert capture.dropped_samples == 0 and all(c.dropped_before == 0 for c in chunks)
     np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]), audio)
+
+
+class OverrunningFile(FileSource):
+    """A file that, like a sound card whose queue overflowed, loses a tenth of a second once."""
+
+    def read(self, timeout_s: float) -> FloatArray | None:
+        samples = super().read(timeout_s)
+        if self._position >= RATE and not self.dropped_samples:
+            self.dropped_samples = RATE // 10
+        return samples
+
+
+def test_audio_the_source_lost_is_reported_as_a_gap(
+    tmp_path: Path, capture_factory: Callable[..., Capture]
+) -> None:
+    write_noise(tmp_path / "noise.wav", 2.0)
+    config = FileSourceConfig(type="file", path=tmp_path / "noise.wav", realtime=False)
+    capture = capture_factory(lambda: OverrunningFile(config, RATE))
+    chunks = drain(capture)
+    assert sum(chunk.dropped_before for chunk in chunks) == RATE // 10 == capture.dropped_samples
