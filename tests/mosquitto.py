@@ -90,8 +90,13 @@ class Subscriber:
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self._client.on_message = self._on_message
+        subscribed = threading.Event()
+        self._client.on_subscribe = lambda *_: subscribed.set()
         self._client.connect("127.0.0.1", port)
         self._client.loop_start()
+        # Subscribing happens on paho's thread: until the broker's SUBACK, a device started
+        # next could publish events this subscriber never sees.
+        assert subscribed.wait(10), f"no SUBACK from the broker on port {port}"
 
     def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
         with self._lock:
