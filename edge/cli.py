@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from edge.config import ConfigError, DetectionConfig, load_config
-from edge.detector import Detector, DetectorConfigError
+from edge.detector import Detector, DetectorConfigError, load_model
 from edge.sources.base import SourceError
 from edge.systemd import configure_logging
 from models.audio import AudioError, load_mono
 from models.bundle import DEFAULT_TRUSTED_KEYS, BundleError, load_bundle
 from models.cliutil import command_parser, run_command
-from models.inference import BundleModel, InferenceError, choose_runtime
+from models.inference import BundleModel, InferenceError
 from models.runtimes import RuntimeUnavailableError, runtime_kinds
 from models.signing import SigningKeyError, TrustedKeys
 
@@ -85,15 +85,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    bundle = load_bundle(config.model.bundle, TrustedKeys.from_paths(config.model.trusted_keys))
-    runtime = choose_runtime(config.model.runtime, bundle)
-    model = BundleModel(bundle, runtime=runtime, threads=config.model.threads)
+    bundle, model = load_model(config.model)
     detector = Detector(model, device=config.device, rules=config.detection)
     source = config.audio.source
     where = getattr(source, "path", None) or getattr(source, "device", None) or "default"
     print(f"{args.config}: OK")
     print(f"  device      {config.device}")
-    print(f"  model       {bundle.manifest.name} {bundle.manifest.version} ({runtime}), "
+    print(f"  model       {bundle.manifest.name} {bundle.manifest.version} ({model.runtime_kind}), "
           f"signed by {bundle.signed_by}")  # fmt: skip
     print(f"  thresholds  {detector.thresholds}")
     print(f"  audio       {source.type} {where}")

@@ -222,7 +222,7 @@ class ClipRecorder:
         """Feed audio; returns the ids of the clips it finished (to wake the uploader)."""
         if not self._config.enabled:
             return []
-        chunk = np.array(samples, dtype=np.float32)  # a copy: capture buffers get reused
+        chunk = np.asarray(samples, dtype=np.float32)
         first = self._total
         self._total += chunk.shape[0]
         self._history.append(chunk)

@@ -26,14 +26,13 @@ from types import FrameType
 from edge.capture import Capture
 from edge.clips import START_DELAY_S, ClipRecorder, ClipStore, ClipUploader
 from edge.config import EdgeConfig
-from edge.detector import Detector
+from edge.detector import Detector, load_model
 from edge.homeassistant import birth_topic, discovery_messages
 from edge.mqtt import MqttLink
 from edge.sources import create_source
 from edge.spool import Spool
 from edge.systemd import Notifier
 from models import __version__
-from models.bundle import load_bundle
 from models.contract import (
     STATE_OFF,
     STATE_ON,
@@ -47,8 +46,6 @@ from models.contract import (
     status_topic,
 )
 from models.frontend import FloatArray
-from models.inference import BundleModel, choose_runtime
-from models.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 5.0
@@ -58,16 +55,14 @@ class Daemon:
     def __init__(self, config: EdgeConfig, *, notifier: Notifier | None = None) -> None:
         self.config = config
         self.notifier = notifier or Notifier()
-        bundle = load_bundle(config.model.bundle, TrustedKeys.from_paths(config.model.trusted_keys))
-        runtime = choose_runtime(config.model.runtime, bundle)
-        self.model = BundleModel(bundle, runtime=runtime, threads=config.model.threads)
-        self.detector = Detector(self.model, device=config.device, rules=config.detection)
+        bundle, model = load_model(config.model)
+        self.detector = Detector(model, device=config.device, rules=config.detection)
         rate = bundle.manifest.features.sample_rate
         log.info(
             "model %s %s (%s, signed by %s), labels %s, thresholds %s",
             bundle.manifest.name,
             bundle.manifest.version,
-            runtime,
+            model.runtime_kind,
             bundle.signed_by,
             bundle.manifest.labels,
             self.detector.thresholds,
@@ -152,8 +147,9 @@ class Daemon:
                     self._analyse(chunk.samples, chunk.dropped_before)
                     if not ready:
                         ready = True
-                        self.notifier.ready(self._status_line())
-                        log.info("listening: %s", self._status_line())
+                        line = self._status_line()
+                        self.notifier.ready(line)
+                        log.info("listening: %s", line)
                 elif self.capture.ended:
                     log.info("end of the audio stream")
                     break
@@ -172,8 +168,7 @@ class Daemon:
     def _analyse(self, samples: FloatArray, dropped_before: int) -> None:
         if dropped_before:
             lost = self.detector.skip(dropped_before)
-            self.dropped_windows += lost
-            log.warning("analysis fell behind: %d windows dropped", lost)
+            self.dropped_windows += lost  # capture logged the gap
             if self.recorder:
                 self._clips_finished(self.recorder.skip(dropped_before))
         events = self.detector.push(samples)

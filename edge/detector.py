@@ -17,16 +17,26 @@ from typing import Literal
 
 import numpy as np
 
-from edge.config import DetectionConfig
+from edge.config import DetectionConfig, ModelConfig
 from models.audio import level_dbfs
+from models.bundle import Bundle, load_bundle
 from models.contract import EventPayload, ModelRef
 from models.detection import EpisodeTracker
 from models.frontend import FloatArray, StreamingLogMel
-from models.inference import BundleModel
+from models.inference import BundleModel, choose_runtime
+from models.signing import TrustedKeys
 
 
 class DetectorConfigError(ValueError):
     pass
+
+
+def load_model(config: ModelConfig) -> tuple[Bundle, BundleModel]:
+    """The configured bundle, verified against the trusted keys, on the configured runtime (or
+    the first usable one); raises BundleError or RuntimeUnavailableError with the reason."""
+    bundle = load_bundle(config.bundle, TrustedKeys.from_paths(config.trusted_keys))
+    runtime = choose_runtime(config.runtime, bundle)
+    return bundle, BundleModel(bundle, runtime=runtime, threads=config.threads)
 
 
 @dataclass

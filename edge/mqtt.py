@@ -21,7 +21,6 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -45,9 +44,7 @@ class MqttLink:
         max_inflight: int = 20,
     ) -> None:
         self._spool = spool
-        self._topics: dict[str, Callable[[], str]] = {
-            "event": lambda: events_topic(device, config.prefix),
-        }
+        self._topics = {"event": events_topic(device, config.prefix)}  # spool kind -> topic
         self._availability = availability_topic(device, config.prefix)
         self._ha_status_topic = ha_status_topic
         self._retained: dict[str, str] = {}  # topic -> latest payload, replayed on connect
@@ -215,7 +212,7 @@ class MqttLink:
                 continue
             if room <= 0 or not self._connected.is_set():
                 return
-            info = self._client.publish(self._topics[entry.kind](), entry.payload, qos=1)
+            info = self._client.publish(self._topics[entry.kind], entry.payload, qos=1)
             # Queued by paho even when the connection dropped meanwhile: it goes on reconnect.
             if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 log.warning("MQTT publish refused (%s); retrying shortly", info.rc)
