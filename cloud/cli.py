@@ -1,11 +1,39 @@
-"""`soundwarden-cloud`: run the service."""
+"""`soundwarden-cloud`: run the service and manage its users and devices.
+
+Settings come from SOUNDWARDEN_* environment variables (see cloud/core/config.py), the same for
+every subcommand, so `create-user` writes to the database `serve` reads.
+"""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session as Db
+
+from cloud import accounts
+from cloud.core.config import Settings
+from cloud.core.db import make_engine, make_sessionmaker, migrate
+from cloud.tables import Device
 from models.cliutil import command_parser, run_command
+
+
+@contextmanager
+def _database() -> Iterator[Db]:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        with make_sessionmaker(engine)() as db:
+            yield db
+            db.commit()
+    finally:
+        engine.dispose()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -13,21 +41,117 @@ def _serve(args: argparse.Namespace) -> int:
 
     from cloud.main import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(
+        create_app(),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_graceful_shutdown=args.grace_s,
+    )
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise accounts.AccountError("the passwords differ")
+    return first
+
+
+def _create_user(args: argparse.Namespace) -> int:
+    password = _read_password(args)
+    with _database() as db:
+        accounts.create_user(db, args.username, password, args.role)
+    print(f"created {args.role} {args.username!r}")
+    return 0
+
+
+def _add_device(args: argparse.Namespace) -> int:
+    with _database() as db:
+        token = accounts.add_device(db, args.device)
+    print(f"enrolled {args.device!r}; its token (shown only now, put it in the device's config):")
+    print(token)
+    return 0
+
+
+def _rotate_token(args: argparse.Namespace) -> int:
+    with _database() as db:
+        token = accounts.rotate_device_token(db, args.device)
+    print(f"new token for {args.device!r} (the old one no longer works):")
+    print(token)
+    return 0
+
+
+def _revoke_device(args: argparse.Namespace) -> int:
+    with _database() as db:
+        accounts.revoke_device(db, args.device)
+    print(f"revoked {args.device!r}: its token no longer works")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    with _database() as db:
+        for device in db.scalars(select(Device).order_by(Device.id)):
+            state = "revoked" if device.revoked_at else "active"
+            print(f"{device.id}\t{state}\tenrolled {device.created_at:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.db_url)
+    print("database schema is current")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("soundwarden-cloud", __doc__)
-    p = sub.add_parser("serve", help="run the HTTP API (data folder: SOUNDWARDEN_DATA_DIR)")
+    p = sub.add_parser("serve", help="run the HTTP API and console")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="listen port (default 8000)")
+    p.add_argument(
+        "--grace-s",
+        type=int,
+        default=10,
+        help="on SIGTERM, wait this long for requests in flight (default 10)",
+    )
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser("create-user", help="add a console user")
+    p.add_argument("username")
+    p.add_argument("--role", choices=["admin", "labeller"], default="labeller")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of a prompt",
+    )
+    p.set_defaults(func=_create_user)
+
+    p = sub.add_parser("add-device", help="enrol a device and print its token once")
+    p.add_argument("device", help="the device id it publishes as")
+    p.set_defaults(func=_add_device)
+
+    p = sub.add_parser("rotate-token", help="give a device a new token (the old one stops)")
+    p.add_argument("device")
+    p.set_defaults(func=_rotate_token)
+
+    p = sub.add_parser("revoke-device", help="make a device's token stop working")
+    p.add_argument("device")
+    p.set_defaults(func=_revoke_device)
+
+    p = sub.add_parser("devices", help="list enrolled devices")
+    p.set_defaults(func=_devices)
+
+    p = sub.add_parser("migrate", help="bring the database schema up to date")
+    p.set_defaults(func=_migrate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    return run_command(build_parser(), argv, (accounts.AccountError,))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
-from cloud.api.routes import health
+from cloud.api.routes import auth, devices, health, ops, users
 from cloud.core.config import Settings
+from cloud.core.db import make_engine, make_sessionmaker, migrate
+from cloud.storage import make_storage
 from models import __version__
 
 API_PREFIX = "/api/v1"
@@ -14,7 +19,20 @@ API_PREFIX = "/api/v1"
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = FastAPI(title="soundwarden", version=__version__)
+    migrate(settings.db_url)
+    engine = make_engine(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="soundwarden", version=__version__, lifespan=lifespan)
     app.state.settings = settings
-    app.include_router(health.router, prefix=API_PREFIX)
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.storage = make_storage(settings)
+    app.include_router(ops.router)
+    for module in (health, auth, users, devices):
+        app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -1,9 +1,15 @@
-"""Service settings, read from the environment (prefix SOUNDWARDEN_)."""
+"""Service settings, read from the environment (prefix SOUNDWARDEN_).
+
+The single-machine default needs nothing set: SQLite, clips and bundles under `data_dir`, the
+embedded job runner. Growing out of one machine is a matter of settings: `database_url` to
+PostgreSQL, `storage` to S3, `jobs` to Celery on Redis, `mqtt_url` to the fleet's broker.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,5 +25,51 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,
-        description="Where the database, clips and bundles live (SOUNDWARDEN_DATA_DIR).",
+        description="Where the database, clips, bundles and keys live (SOUNDWARDEN_DATA_DIR).",
     )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; "
+        "default sqlite:///<data_dir>/soundwarden.db.",
+    )
+    storage: Literal["local", "s3"] = Field(
+        "local", description="Where clip audio is kept: `local` (data_dir/clips) or `s3`."
+    )
+    s3_bucket: str = Field("soundwarden", description="S3 bucket for clip audio.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph...); unset for AWS."
+    )
+    s3_prefix: str = Field("", description="Key prefix inside the bucket, e.g. `prod/`.")
+    jobs: Literal["embedded", "celery"] = Field(
+        "embedded",
+        description="Who runs background jobs: threads in this process, or Celery workers "
+        "(`soundwarden-cloud worker`) on `redis_url`.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and backend.")
+    embedded_workers: int = Field(2, ge=1, description="Threads of the embedded job runner.")
+    mqtt_url: str | None = Field(
+        None,
+        description="Broker the fleet publishes to, mqtt://[user:password@]host[:port]; "
+        "unset: no MQTT bridge.",
+    )
+    mqtt_prefix: str = Field("soundwarden", description="Topic prefix the devices use.")
+    max_clip_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest clip upload accepted, bytes."
+    )
+    max_clip_s: float = Field(120.0, gt=0, description="Longest clip accepted, seconds.")
+    min_clip_s: float = Field(0.1, gt=0, description="Shortest clip accepted, seconds.")
+    max_import_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=1024, description="Largest recording a bulk import takes."
+    )
+    session_hours: float = Field(12.0, gt=0, description="How long a console login lasts.")
+    secure_cookies: bool = Field(
+        False, description="Mark session cookies Secure (set true behind HTTPS)."
+    )
+    login_attempts: int = Field(
+        5, ge=1, description="Failed logins allowed per user and per address per window."
+    )
+    login_window_s: float = Field(900.0, gt=0, description="The failed-login window, seconds.")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'soundwarden.db'}"

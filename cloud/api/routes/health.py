@@ -1,4 +1,4 @@
-"""Liveness: load balancers, systemd and the demo poll this."""
+"""Liveness: the demo and clients poll this (readiness and metrics: `ops`)."""
 
 from __future__ import annotations
 
@@ -17,4 +17,5 @@ class Health(BaseModel):
 
 @router.get("/health")
 def health() -> Health:
+    """The process answers."""
     return Health(status="ok", version=__version__)

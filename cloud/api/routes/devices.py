@@ -1,0 +1,93 @@
+"""The fleet: enrolment, token rotation and revocation (admin), and what each device reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from cloud import accounts
+from cloud.api.deps import AdminDep, DbDep, UserDep
+from cloud.tables import Device
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    created_at: datetime
+    revoked_at: datetime | None
+    online: bool | None = Field(description="Last retained availability; null if never heard.")
+    availability_at: datetime | None
+    model_name: str | None
+    model_version: str | None
+    spool_depth: int | None
+    status: dict[str, Any] | None = Field(description="The last status heartbeat.")
+    status_at: datetime | None
+    last_event_at: datetime | None
+    last_event_label: str | None
+    last_upload_at: datetime | None
+
+
+class NewDevice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=64, description="The device id it publishes as.")
+
+
+class DeviceToken(BaseModel):
+    id: str
+    token: str = Field(description="Shown once: only its hash is kept.")
+
+
+def _get(db: DbDep, device_id: str) -> Device:
+    device = db.get(Device, device_id)
+    if device is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
+    return device
+
+
+@router.get("")
+def list_devices(_: UserDep, db: DbDep) -> list[DeviceOut]:
+    return [DeviceOut.model_validate(d) for d in db.scalars(select(Device).order_by(Device.id))]
+
+
+@router.get("/{device_id}", responses={404: {"description": "No such device"}})
+def get_device(device_id: str, _: UserDep, db: DbDep) -> DeviceOut:
+    return DeviceOut.model_validate(_get(db, device_id))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={400: {"description": "Invalid or existing device id"}},
+)
+def add_device(body: NewDevice, _: AdminDep, db: DbDep) -> DeviceToken:
+    try:
+        token = accounts.add_device(db, body.id)
+    except accounts.AccountError as exc:
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    db.commit()
+    return DeviceToken(id=body.id, token=token)
+
+
+@router.post("/{device_id}/token", responses={404: {"description": "No such device"}})
+def rotate_token(device_id: str, _: AdminDep, db: DbDep) -> DeviceToken:
+    """A new token (the old one stops working at once); also un-revokes."""
+    _get(db, device_id)
+    token = accounts.rotate_device_token(db, device_id)
+    db.commit()
+    return DeviceToken(id=device_id, token=token)
+
+
+@router.post("/{device_id}/revoke", responses={404: {"description": "No such device"}})
+def revoke(device_id: str, _: AdminDep, db: DbDep) -> DeviceOut:
+    _get(db, device_id)
+    device = accounts.revoke_device(db, device_id)
+    db.commit()
+    return DeviceOut.model_validate(device)
