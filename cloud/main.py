@@ -7,7 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from cloud.api.routes import auth, devices, health, ops, users
+from cloud import registry
+from cloud.api.middleware import HttpMetricsMiddleware
+from cloud.api.routes import auth, devices, events, health, ops, users
+from cloud.api.routes import registry as registry_routes
+from cloud.bridge import mqtt_service
 from cloud.core.config import Settings
 from cloud.core.db import make_engine, make_sessionmaker, migrate
 from cloud.storage import make_storage
@@ -24,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        async with mqtt_service(settings, app.state.sessions):
+            yield
         engine.dispose()
 
     app = FastAPI(title="soundwarden", version=__version__, lifespan=lifespan)
@@ -32,7 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.storage = make_storage(settings)
+    with app.state.sessions() as db:
+        registry.seed_pretrained(db, settings)
+    app.add_middleware(HttpMetricsMiddleware)
     app.include_router(ops.router)
-    for module in (health, auth, users, devices):
+    for module in (health, auth, users, devices, events, registry_routes):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

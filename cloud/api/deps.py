@@ -98,3 +98,15 @@ def current_device(db: DbDep, authorization: Annotated[str | None, Header()] = N
 
 
 DeviceDep = Annotated[Device, Depends(current_device)]
+
+
+def device_or_user(
+    request: Request, db: DbDep, authorization: Annotated[str | None, Header()] = None
+) -> Device | User:
+    """Downloads: a device by its token, or a signed-in person."""
+    if authorization:
+        return current_device(db, authorization)
+    return current_login(request, db).user
+
+
+DeviceOrUserDep = Annotated[Device | User, Depends(device_or_user)]
