@@ -12,9 +12,10 @@ TFLITE_VENV := .venv-tflite
 PIP_INSTALL = pip install --quiet --constraint constraints.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages: compilers and headers for PyAudio (portaudio) and systemd-python, libsndfile,
-# ALSA tools for the microphone path, and Mosquitto, which the MQTT tests start on free ports.
+# ALSA tools for the microphone path, Mosquitto, which the MQTT tests start on free ports, and
+# Chromium with its driver, which the labelling console's browser test drives headless.
 APT_PACKAGES := python3-venv python3-dev build-essential pkg-config portaudio19-dev \
-	libsystemd-dev libsndfile1 alsa-utils mosquitto
+	libsystemd-dev libsndfile1 alsa-utils mosquitto chromium chromium-driver
 DEMO_OUT := out/demo
 
 .PHONY: demo test lint typecheck pytest system-packages clean

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,13 +40,33 @@ def _database() -> Iterator[Db]:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from cloud.asgi import LOG_FORMAT_ENV
+    from cloud.core.logging import configure_logging
     from cloud.main import create_app
 
+    configure_logging(args.log_format)
+    settings = Settings()
+    if args.workers > 1 and (settings.mqtt_url or settings.embedded_broker_port is not None):
+        print(
+            "error: --workers would run the MQTT bridge once per worker (every event stored "
+            "that many times): serve the bridge from a one-worker `serve` and the uploads "
+            "from another without SOUNDWARDEN_MQTT_URL / SOUNDWARDEN_EMBEDDED_BROKER_PORT",
+            file=sys.stderr,
+        )
+        return 1
+    # Built here even for workers: it migrates and seeds once, before they could race to.
+    app = create_app(settings)
+    if args.workers > 1:
+        app.state.engine.dispose()
+        os.environ[LOG_FORMAT_ENV] = args.log_format
     uvicorn.run(
-        create_app(),
+        app if args.workers == 1 else "cloud.asgi:create_worker_app",
+        factory=args.workers > 1,
+        workers=args.workers,
         host=args.host,
         port=args.port,
         log_level="info",
+        log_config=None,  # uvicorn's records go through configure_logging's handler too
         timeout_graceful_shutdown=args.grace_s,
     )
     return 0
@@ -107,6 +128,21 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from cloud.jobs.celery_app import app
+
+    if Settings().jobs != "celery":
+        print(
+            "warning: SOUNDWARDEN_JOBS is not 'celery': a service with these settings runs its "
+            "jobs itself and sends none to this worker",
+            file=sys.stderr,
+        )
+    app.worker_main(
+        ["worker", f"--concurrency={args.concurrency}", f"--pool={args.pool}", "--loglevel=INFO"]
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("soundwarden-cloud", __doc__)
     p = sub.add_parser("serve", help="run the HTTP API and console")
@@ -116,7 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-s",
         type=int,
         default=10,
-        help="on SIGTERM, wait this long for requests in flight (default 10)",
+        help="on SIGTERM, wait this long for requests in flight (default 10); the MQTT "
+        "bridge then stores what it has received and disconnects",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line (time, level, logger, message, extras)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes answering requests (default 1); one process is bound to about one "
+        "core, so more uploads per second need more (not with the MQTT bridge)",
     )
     p.set_defaults(func=_serve)
 
@@ -147,6 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="bring the database schema up to date")
     p.set_defaults(func=_migrate)
+
+    p = sub.add_parser(
+        "worker",
+        help="run background jobs from Redis (SOUNDWARDEN_JOBS=celery); it needs the service's "
+        "database and storage settings",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="jobs run at once (default 1: each job is CPU-heavy on its own)",
+    )
+    p.add_argument(
+        "--pool",
+        choices=["prefork", "solo", "threads"],
+        default="prefork",
+        help="Celery execution pool (default prefork: one process per job)",
+    )
+    p.set_defaults(func=_worker)
     return parser
 
 

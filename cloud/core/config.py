@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         "unset: no MQTT bridge.",
     )
     mqtt_prefix: str = Field("soundwarden", description="Topic prefix the devices use.")
+    embedded_broker_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Run an amqtt broker inside the service on this loopback port for a "
+        "one-machine demo (the bridge uses it when mqtt_url is unset); Mosquitto is the "
+        "production broker.",
+    )
     max_clip_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, description="Largest clip upload accepted, bytes."
     )

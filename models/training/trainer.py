@@ -10,6 +10,7 @@ import copy
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +156,12 @@ def train_recipe(
     max_train_windows: int | None = None,
     threads: int = 2,
     tflite_python: Path | None = None,
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
 ) -> tuple[Path, Manifest]:
     """Train, select on val, export float + INT8 ONNX, pick the threshold on val, write the
     bundle folder `out_dir/<name>` (unsigned) and the run folder `out_dir/run`. With
-    `tflite_python` (the converter environment's interpreter) the bundle gets TFLite too."""
+    `tflite_python` (the converter environment's interpreter) the bundle gets TFLite too.
+    `on_epoch(history entry, max epochs)` follows progress; raising in it stops the run."""
     rng, run_dir = start_run(recipe, out_dir, threads)
     cfg = recipe.features
     positive = recipe.labels.index(recipe.positive)
@@ -242,6 +245,8 @@ def train_recipe(
             }
         )
         progress.set_postfix(train_loss=f"{total / len(x):.4f}", val_auc=f"{val_auc:.4f}")
+        if on_epoch is not None:
+            on_epoch(history[-1], max_epochs)
         if val_auc > best["auc"] or (val_auc == best["auc"] and val_loss < best["loss"]):
             best = {
                 "auc": val_auc,

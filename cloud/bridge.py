@@ -1,0 +1,340 @@
+"""The MQTT bridge: what the fleet publishes, into the database.
+
+It subscribes (QoS 1) to every device's `events`, `status` and `availability` topics and records
+events as `Event` rows and the rest on the `Device` row the devices pages show.
+
+Nothing a device publishes while the cloud is down is lost: the bridge keeps a persistent session
+(`clean_session=False` under a stable client id), so the broker queues QoS 1 messages for it, and
+it acknowledges each message only after the database has it (paho's manual acks). A message the
+bridge had not finished when it stopped is therefore sent again, and an event that had in fact
+been stored is recognised as a duplicate (a replay is identical, field for field) and kept once.
+
+Database writes run on a worker thread, not on paho's network thread: a slow or unreachable
+database then only delays acknowledgements (and the broker, with its in-flight window full, holds
+back the rest) instead of stalling keepalives. While the database is unreachable the worker
+retries the message in hand with backoff; one the database refuses for good (or that breaks the
+contract) is logged, counted and skipped. One worker keeps the acknowledgements in arrival order,
+as MQTT wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session as Db
+from sqlalchemy.orm import sessionmaker
+
+from cloud.core.config import Settings
+from cloud.core.metrics import MQTT_MESSAGES
+from cloud.tables import Device, Event
+from models.contract import OFFLINE, ONLINE, EventPayload, StatusPayload
+
+log = logging.getLogger(__name__)
+
+Result = Literal["ok", "duplicate", "unknown_device", "malformed", "error"]
+KINDS = ("events", "status", "availability")
+
+
+class MalformedMessageError(ValueError):
+    """A message breaking the contract in a way its pydantic model does not check."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """`mqtt://[user:password@]host[:port]`, or `mqtts://` for TLS (percent-encode `@`, `:`
+        and `/` in the password). The broker's certificate must chain to a CA the system trusts,
+        or to the bundle named by `SSL_CERT_FILE`."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"not an mqtt:// or mqtts:// broker URL: {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
+def broker_url(settings: Settings) -> str | None:
+    """The fleet's broker, else the embedded demo broker, else none."""
+    if settings.mqtt_url:
+        return settings.mqtt_url
+    if settings.embedded_broker_port is not None:
+        return f"mqtt://127.0.0.1:{settings.embedded_broker_port}"
+    return None
+
+
+class MqttBridge:
+    def __init__(self, settings: Settings, sessions: sessionmaker[Db]) -> None:
+        url = broker_url(settings)
+        if url is None:
+            raise ValueError("no broker: set mqtt_url (or embedded_broker_port for a demo)")
+        self._address = BrokerAddress.parse(url)
+        self._prefix = settings.mqtt_prefix
+        self._sessions = sessions
+        self._queue: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()
+        self._warned: set[str] = set()  # unknown devices already logged; worker thread only
+        self._connected = False
+        self._stopping = threading.Event()
+        # One bridge per fleet prefix: the broker keeps the session (subscriptions and queued
+        # messages) under this id while the cloud is down.
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"soundwarden-cloud-{settings.mqtt_prefix}",
+            clean_session=False,
+            manual_ack=True,
+        )
+        if self._address.username:
+            client.username_pw_set(self._address.username, self._address.password)
+        if self._address.tls:
+            client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        self._worker = threading.Thread(target=self._work, name="mqtt-bridge", daemon=True)
+
+    def start(self) -> None:
+        """Connect in the background (retrying with backoff while the broker is away)."""
+        log.info("MQTT bridge connecting to %s:%d", self._address.host, self._address.port)
+        self._worker.start()
+        self._client.connect_async(self._address.host, self._address.port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Store and acknowledge what has arrived, then disconnect. Messages still arriving
+        meanwhile stay unacknowledged, so the broker sends them again on the next start, and so
+        does a message waiting for the database to come back."""
+        self._stopping.set()
+        self._queue.put(None)
+        self._worker.join(timeout_s)
+        if self._worker.is_alive():
+            log.warning("MQTT bridge stopped with %d messages unstored", self._queue.qsize())
+        self._client.disconnect()
+        self._client.loop_stop()
+        log.info("MQTT bridge stopped")
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error(
+                "MQTT broker %s:%d refused the bridge: %s",
+                self._address.host,
+                self._address.port,
+                reason_code,
+            )
+            return
+        self._connected = True
+        log.info(
+            "MQTT bridge connected to %s:%d (session %s)",
+            self._address.host,
+            self._address.port,
+            "resumed" if flags.session_present else "new",
+        )
+        # Also on a resumed session: a broker restarted without persistence forgot it.
+        client.subscribe([(f"{self._prefix}/+/{kind}", 1) for kind in KINDS])
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason_code: ReasonCode,
+        _properties: object,
+    ) -> None:
+        if self._connected and reason_code.is_failure:
+            log.warning("MQTT bridge disconnected (%s); reconnecting", reason_code)
+        self._connected = False
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put(msg)
+
+    def _work(self) -> None:
+        while (msg := self._queue.get()) is not None:
+            if self._handle(msg.topic, bytes(msg.payload)):
+                self._client.ack(msg.mid, msg.qos)
+
+    def _handle(self, topic: str, payload: bytes) -> bool:
+        """Store one message, count it, and say whether it may be acknowledged: not when the
+        database stayed unreachable until the bridge stopped, so that it comes again."""
+        device, _, kind = topic.removeprefix(f"{self._prefix}/").rpartition("/")
+        retry_s = 1.0
+        while True:
+            try:
+                result = self._store(kind, device, payload)
+                break
+            except ValueError as exc:  # pydantic's errors and MalformedMessageError
+                log.warning(
+                    "malformed MQTT message on %s: %s",
+                    topic,
+                    exc,
+                    extra={"topic": topic, "payload": payload[:200].decode(errors="replace")},
+                )
+                result = "malformed"
+                break
+            except OperationalError as exc:
+                # Unreachable or locked (a restart, a failover): wait for it rather than lose
+                # the message; meanwhile the broker holds back what follows.
+                log.warning(
+                    "database unavailable (%s); retrying the MQTT message on %s in %.0f s",
+                    exc.orig,
+                    topic,
+                    retry_s,
+                    extra={"topic": topic},
+                )
+                if self._stopping.wait(retry_s):
+                    return False
+                retry_s = min(2 * retry_s, 30.0)
+            except SQLAlchemyError:
+                # Anything else (a value too long for its column...) would fail again: skip it.
+                log.exception("database error storing the MQTT message on %s", topic)
+                result = "error"
+                break
+        if result == "unknown_device" and device not in self._warned:
+            self._warned.add(device)
+            log.warning(
+                "MQTT messages from %r, which is not enrolled: its events are recorded; "
+                "enrol it with `soundwarden-cloud add-device %s`",
+                device,
+                device,
+                extra={"device": device},
+            )
+        MQTT_MESSAGES.labels(kind, result).inc()
+        return True
+
+    def _store(self, kind: str, device: str, payload: bytes) -> Result:
+        with self._sessions() as db:
+            if kind == "events":
+                result = self._store_event(db, device, payload)
+            elif kind == "status":
+                result = self._store_status(db, device, payload)
+            else:
+                result = self._store_availability(db, device, payload)
+            db.commit()
+        return result
+
+    def _store_event(self, db: Db, device_id: str, payload: bytes) -> Result:
+        event = EventPayload.model_validate_json(payload)
+        _check_device(event.device, device_id)
+        _check_utc(event.started_at, event.ended_at)
+        data = event.model_dump(mode="json")
+        same_step = select(Event.payload).where(
+            Event.device_id == device_id, Event.episode_id == event.id, Event.type == event.type
+        )
+        if data in db.scalars(same_step).all():
+            return "duplicate"
+        at = event.ended_at or event.started_at
+        db.add(
+            Event(
+                device_id=device_id,
+                episode_id=event.id,
+                type=event.type,
+                label=event.label,
+                score=event.score,
+                at=at,
+                clip_id=event.clip,
+                payload=data,
+            )
+        )
+        device = db.get(Device, device_id)
+        if device is None:
+            return "unknown_device"
+        # A backlog replayed after an outage must not move "last event" back in time.
+        if device.last_event_at is None or at >= device.last_event_at:
+            device.last_event_at, device.last_event_label = at, event.label
+        return "ok"
+
+    def _store_status(self, db: Db, device_id: str, payload: bytes) -> Result:
+        status = StatusPayload.model_validate_json(payload)
+        _check_device(status.device, device_id)
+        _check_utc(status.at)
+        device = db.get(Device, device_id)
+        if device is None:
+            return "unknown_device"
+        device.status = status.model_dump(mode="json")
+        device.status_at = status.at
+        device.model_name, device.model_version = status.model.name, status.model.version
+        device.spool_depth = status.spool.depth
+        return "ok"
+
+    def _store_availability(self, db: Db, device_id: str, payload: bytes) -> Result:
+        if payload not in (ONLINE.encode(), OFFLINE.encode()):
+            raise MalformedMessageError(f"availability must be {ONLINE!r} or {OFFLINE!r}")
+        device = db.get(Device, device_id)
+        if device is None:
+            return "unknown_device"
+        device.online = payload == ONLINE.encode()
+        device.availability_at = datetime.now(UTC)
+        return "ok"
+
+
+def _check_device(named: str, topic_device: str) -> None:
+    # Broker ACLs tie a device's credentials to its own topics, not to what the payload says.
+    if named != topic_device:
+        raise MalformedMessageError(f"payload names device {named!r}, topic {topic_device!r}")
+
+
+def _check_utc(*times: datetime | None) -> None:
+    # The contract's times are UTC; a naive one could be any zone, and the database refuses it.
+    if any(t is not None and t.utcoffset() is None for t in times):
+        raise MalformedMessageError("times must carry their UTC offset")
+
+
+@asynccontextmanager
+async def mqtt_service(settings: Settings, sessions: sessionmaker[Db]) -> AsyncIterator[None]:
+    """For the app's lifetime: the embedded demo broker when asked for, and the bridge when
+    there is a broker to bridge. Stopped in reverse order."""
+    async with AsyncExitStack() as stack:
+        if settings.embedded_broker_port is not None:
+            from amqtt.broker import Broker  # only the demo pays for importing it
+
+            bind = f"127.0.0.1:{settings.embedded_broker_port}"
+            broker = Broker(
+                {
+                    "listeners": {"default": {"type": "tcp", "bind": bind}},
+                    # Loopback only, for a one-machine demo: no accounts.
+                    "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {}},
+                }
+            )
+            await broker.start()
+            stack.push_async_callback(broker.shutdown)
+            log.info("embedded MQTT broker listening on %s", bind)
+        if broker_url(settings):
+            bridge = MqttBridge(settings, sessions)
+            bridge.start()
+            # Off the event loop: stopping blocks while the queue drains, and the embedded
+            # broker the bridge may be talking to runs on this loop.
+            stack.push_async_callback(asyncio.to_thread, bridge.stop)
+        yield

@@ -1,0 +1,308 @@
+"""The labelling console: server-rendered pages. Their buttons and keys call the JSON API
+(cloud/api/routes/labels.py) with the CSRF token each page carries in a meta tag."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+from sqlalchemy import select
+from starlette.datastructures import QueryParams
+
+from cloud import labelling, spectrogram
+from cloud.api.deps import DbDep, Login, SettingsDep, current_login
+from cloud.api.routes import auth
+from cloud.api.routes import events as events_api
+from cloud.api.routes.labels import decode_cursor, encode_cursor
+from cloud.core.security import new_token, same
+from cloud.splits import PERCENT, SPLITS
+from cloud.tables import Clip, Device
+from models.evaluate import EDGE_HOP_S
+from models.frontend import FrontendConfig
+
+HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
+TEMPLATES = Jinja2Templates(directory=HERE / "templates")
+LOGIN_CSRF_COOKIE = "soundwarden_login_csrf"
+PAGE_SIZE = 50
+EVENTS_PAGE_SIZE = 100
+SPEEDS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+N_FFTS = (256, 512, 1024, 2048)
+OVERLAPS = (0.0, 0.5, 0.75, 0.9)
+# Assistance scores 1 s windows at the edge's hop (cloud/jobs/assist.py): where each of a
+# clip's window_scores sits on the timeline.
+_FEATURES = FrontendConfig()
+WINDOW_S = _FEATURES.window_samples / _FEATURES.sample_rate
+
+router = APIRouter(include_in_schema=False)
+
+
+def page_login(request: Request, db: DbDep) -> Login:
+    """The signed-in user, or a redirect to the sign-in page that comes back here after."""
+    try:
+        return current_login(request, db)
+    except HTTPException:
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise HTTPException(
+            status.HTTP_303_SEE_OTHER,
+            "sign in first",
+            headers={"Location": "/login?" + urlencode({"next": here})},
+        ) from None
+
+
+PageLogin = Annotated[Login, Depends(page_login)]
+
+
+def _render(
+    request: Request, template: str, login: Login | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request,
+        template,
+        {
+            "me": login.user if login else None,
+            "csrf": login.session.csrf_token if login else "",
+            "query": "",
+            **context,
+        },
+        status_code=status_code,
+    )
+
+
+def _local(target: str) -> str:
+    """Only paths on this site are followed after sign-in (no open redirect)."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
+
+
+def _login_form(
+    request: Request, settings: SettingsDep, target: str, error: str = "", status_code: int = 200
+) -> HTMLResponse:
+    # Sign-in CSRF (a forged form signing the victim into the attacker's account): the form
+    # must echo a random value that only this site's cookie holds (double submit).
+    token = new_token()
+    response = _render(
+        request,
+        "login.html",
+        None,
+        status_code,
+        next=_local(target),
+        form_token=token,
+        error=error,
+    )
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=settings.secure_cookies,
+        path="/login",
+    )
+    return response
+
+
+@router.get("/login")
+def login_page(request: Request, settings: SettingsDep, next: str = "/") -> HTMLResponse:
+    return _login_form(request, settings, next)
+
+
+@router.post("/login")
+def login_submit(
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    csrf_token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+    if not cookie or not same(cookie, csrf_token):
+        return _login_form(
+            request, settings, next, "The form had expired; please sign in again.", 403
+        )
+    try:
+        credentials = auth.Credentials(username=username, password=password)
+    except ValidationError:
+        return _login_form(request, settings, next, "Enter your user name and password.", 422)
+    redirect = RedirectResponse(_local(next), status.HTTP_303_SEE_OTHER)
+    try:
+        # The API's sign-in (rate limit, session row, cookie) sets its cookie on the redirect.
+        auth.login(credentials, request, redirect, db, settings)
+    except HTTPException as exc:
+        return _login_form(request, settings, next, str(exc.detail), exc.status_code)
+    redirect.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return redirect
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The queue filters as the console's forms and links carry them."""
+
+    filter: labelling.QueueFilter
+    values: dict[str, str]  # what the filter form shows
+    query: str  # the filters as a query string, passed from page to page
+    errors: list[str]
+
+    @property
+    def narrowed(self) -> bool:
+        """Filters beyond the label are set."""
+        return any(value for name, value in self.values.items() if name != "label")
+
+
+def _queue_view(params: QueryParams) -> QueueView:
+    values = {
+        name: params.get(name, "").strip()
+        for name in ("label", "device", "device_label", "min_score", "max_score", "since", "until")
+    }
+    errors: list[str] = []
+
+    def number(name: str) -> float | None:
+        if not values[name]:
+            return None
+        try:
+            value = float(values[name])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            errors.append(f"{name.replace('_', ' ')}: {values[name]!r} is not a number")
+            return None
+        return value
+
+    def day(name: str, days_after: int = 0) -> datetime | None:
+        try:
+            parsed = date.fromisoformat(values[name]) if values[name] else None
+        except ValueError:
+            errors.append(f"{name}: {values[name]!r} is not a date (YYYY-MM-DD)")
+            return None
+        if parsed is None:
+            return None
+        return datetime(parsed.year, parsed.month, parsed.day, tzinfo=UTC) + timedelta(days_after)
+
+    f = labelling.QueueFilter(
+        label=values["label"] or None,
+        device=values["device"] or None,
+        device_label=values["device_label"] or None,
+        min_score=number("min_score"),
+        max_score=number("max_score"),
+        since=day("since"),
+        until=day("until", days_after=1),  # the form's "until" day is included
+    )
+    query = urlencode({k: v for k, v in values.items() if v})
+    return QueueView(f, values, query, errors)
+
+
+@router.get("/")
+def queue_page(request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
+    view = _queue_view(request.query_params)
+    after = request.query_params.get("after")
+    clips = labelling.queue_page(
+        db, view.filter, decode_cursor(after) if after else None, PAGE_SIZE + 1
+    )
+    more = len(clips) > PAGE_SIZE
+    clips = clips[:PAGE_SIZE]
+    return _render(
+        request,
+        "queue.html",
+        login,
+        clips=clips,
+        view=view,
+        query=view.query,
+        labels=labelling.label_counts(db),
+        devices=db.scalars(select(Device.id).order_by(Device.id)).all(),
+        next_after=encode_cursor(labelling.QueueKey.of(clips[-1])) if more else None,
+        paged=after is not None,
+    )
+
+
+def _clip(db: DbDep, clip_id: str) -> Clip:
+    clip = db.get(Clip, clip_id)
+    if clip is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no clip {clip_id!r}")
+    return clip
+
+
+@router.get("/clips/{clip_id}")
+def clip_page(clip_id: str, request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
+    clip = _clip(db, clip_id)
+    view = _queue_view(request.query_params)
+    return _render(
+        request,
+        "clip.html",
+        login,
+        clip=clip,
+        query=view.query,
+        labels=labelling.label_counts(db),
+        scores=json.dumps(clip.window_scores or []),
+        window_s=WINDOW_S,
+        hop_s=EDGE_HOP_S,
+        speeds=SPEEDS,
+        scales=("mel", "linear"),
+        windows=tuple(spectrogram.WINDOWS),
+        n_ffts=N_FFTS,
+        overlaps=OVERLAPS,
+    )
+
+
+def _step(clip_id: str, request: Request, db: DbDep, forward: bool) -> RedirectResponse:
+    """To the clip after (or before) this one in the queue; past either end, the queue."""
+    view = _queue_view(request.query_params)
+    found = labelling.neighbour(db, view.filter, _clip(db, clip_id), forward)
+    suffix = f"?{view.query}" if view.query else ""
+    target = f"/clips/{found.id}{suffix}" if found else f"/{suffix}"
+    return RedirectResponse(target, status.HTTP_303_SEE_OTHER)
+
+
+@router.get("/clips/{clip_id}/next")
+def next_clip(clip_id: str, request: Request, _: PageLogin, db: DbDep) -> RedirectResponse:
+    return _step(clip_id, request, db, forward=True)
+
+
+@router.get("/clips/{clip_id}/prev")
+def previous_clip(clip_id: str, request: Request, _: PageLogin, db: DbDep) -> RedirectResponse:
+    return _step(clip_id, request, db, forward=False)
+
+
+@router.get("/labels")
+def labels_page(request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
+    return _render(request, "labels.html", login, labels=labelling.label_counts(db))
+
+
+@router.get("/stats")
+def stats_page(request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
+    shares = dict(zip(SPLITS, PERCENT, strict=True))
+    return _render(
+        request,
+        "stats.html",
+        login,
+        stats=labelling.dataset_stats(db),
+        splits=SPLITS,
+        shares=shares,
+    )
+
+
+@router.get("/events")
+def events_page(request: Request, login: PageLogin, db: DbDep, offset: int = 0) -> HTMLResponse:
+    offset = max(0, offset)
+    events = events_api._page(db, EVENTS_PAGE_SIZE, offset)
+    ids = {e.clip_id for e in events if e.clip_id}
+    clips = {c.id: c for c in db.scalars(select(Clip).where(Clip.id.in_(ids)))} if ids else {}
+    return _render(
+        request,
+        "events.html",
+        login,
+        events=events,
+        clips=clips,
+        offset=offset,
+        page_size=EVENTS_PAGE_SIZE,
+    )
