@@ -9,7 +9,7 @@ per-attempt nonce: two uploads of the same clip racing each other each write the
 and the loser removes exactly its own without touching the winner's.
 
 The clip id is the idempotency key. An upload whose id is stored already is settled against
-the stored clip without storing anything: the same bytes are a retry (accepted again), other
+the stored clip and leaves nothing behind: the same bytes are a retry (accepted again), other
 bytes are a conflict. Files are written first, then the row; when the row fails, the files go.
 """
 
@@ -208,6 +208,40 @@ def _remove(storage: ClipStorage, keys: list[str]) -> None:
             log.exception("could not remove %s after a failed upload", key)
 
 
+def _device_clip(
+    meta: ClipMetadata,
+    device_id: str,
+    decoded: DecodedClip,
+    sha256: str,
+    keys: tuple[str, str],
+    now: datetime,
+) -> Clip:
+    original_key, audio_key = keys
+    return Clip(
+        id=meta.id,
+        source="device",
+        device_id=device_id,
+        group_id=device_id,
+        event_id=meta.event_id,
+        device_label=meta.label,
+        device_score=meta.score,
+        model_name=meta.model.name,
+        model_version=meta.model.version,
+        started_at=meta.started_at,
+        ended_at=meta.ended_at,
+        received_at=now,
+        sample_rate=decoded.sample_rate,
+        channels=decoded.channels,
+        duration_s=decoded.duration_s,
+        original_key=original_key,
+        original_format=decoded.original_format,
+        audio_key=audio_key,
+        sha256=sha256,
+        metadata_json=meta.model_dump(mode="json"),
+        false_positive=False,
+    )
+
+
 def ingest(
     db: Db,
     storage: ClipStorage,
@@ -221,66 +255,48 @@ def ingest(
     """Validate, store and record one device upload (IngestError says why it was refused)."""
     meta = parse_metadata(metadata, device_id)
     sha256 = hashlib.sha256(audio).hexdigest()
-    stored = db.get(Clip, meta.id)
-    if stored is not None:
-        return Ingested(_settle(stored, sha256, device_id), created=False)
-    # Give the connection back while decoding and storing: concurrent uploads would otherwise
-    # hold one each for milliseconds and push the pool into opening and closing overflow ones.
-    db.rollback()
     decoded = decode_clip(audio, name=filename, declared_rate=meta.sample_rate, settings=settings)
-
     stem = f"clips/{meta.id}/{sha256[:16]}-{uuid.uuid4().hex[:8]}"
     original_key = f"{stem}.original.{decoded.original_format}"
     audio_key = original_key if decoded.audio_16k is None else f"{stem}.16k.flac"
+    files = {original_key: decoded.original}
+    if decoded.audio_16k is not None:
+        files[audio_key] = decoded.audio_16k
     written: list[str] = []
+    # Whether the id is taken is asked only now, in the transaction that inserts the row: one
+    # short use of a pooled connection per upload. A retry of a stored clip (rare) pays for it
+    # with a decode and files that are removed again.
     try:
-        storage.put(original_key, decoded.original)
-        written.append(original_key)
-        if decoded.audio_16k is not None:
-            storage.put(audio_key, decoded.audio_16k)
-            written.append(audio_key)
-        now = utcnow()
-        clip = Clip(
-            id=meta.id,
-            source="device",
-            device_id=device_id,
-            group_id=device_id,
-            event_id=meta.event_id,
-            device_label=meta.label,
-            device_score=meta.score,
-            model_name=meta.model.name,
-            model_version=meta.model.version,
-            started_at=meta.started_at,
-            ended_at=meta.ended_at,
-            received_at=now,
-            sample_rate=decoded.sample_rate,
-            channels=decoded.channels,
-            duration_s=decoded.duration_s,
-            original_key=original_key,
-            original_format=decoded.original_format,
-            audio_key=audio_key,
-            sha256=sha256,
-            metadata_json=meta.model_dump(mode="json"),
-            false_positive=False,
-        )
-        # Two Core statements instead of the unit of work (`db.add`): on the service's busiest
-        # write the ORM's flush costs more than the statements themselves (~0.4 ms an upload).
-        # `clip` never joins the session; it is the answer's copy of the row.
-        row = {column.key: getattr(clip, column.key) for column in Clip.__table__.columns}
-        connection = db.connection()
-        connection.execute(insert(Clip), row)
-        connection.execute(update(Device).where(Device.id == device_id).values(last_upload_at=now))
-        db.commit()
+        for key, data in files.items():
+            storage.put(key, data)
+            written.append(key)
+        stored = db.get(Clip, meta.id)
+        if stored is None:
+            now = utcnow()
+            clip = _device_clip(meta, device_id, decoded, sha256, (original_key, audio_key), now)
+            # Two Core statements instead of the unit of work (`db.add`): on the service's
+            # busiest write the ORM's flush costs more than the statements themselves (~0.4 ms
+            # an upload). `clip` never joins the session; it is the answer's copy of the row.
+            row = {column.key: getattr(clip, column.key) for column in Clip.__table__.columns}
+            connection = db.connection()
+            connection.execute(insert(Clip), row)
+            connection.execute(
+                update(Device).where(Device.id == device_id).values(last_upload_at=now)
+            )
+            db.commit()
+            return Ingested(clip, created=True)
     except IntegrityError:
-        # Another upload of this id committed first: settle against it, keep only its files.
+        # Most likely another upload of this id committed since the `get`: settle against it.
         db.rollback()
         _remove(storage, written)
         winner = db.get(Clip, meta.id)
-        if winner is None:
+        if winner is None:  # the insert broke some other rule
             raise
         return Ingested(_settle(winner, sha256, device_id), created=False)
     except BaseException:
         db.rollback()
         _remove(storage, written)
         raise
-    return Ingested(clip, created=True)
+    # The id is taken, by this clip (a retry) or another: only the stored clip's files stay.
+    _remove(storage, written)
+    return Ingested(_settle(stored, sha256, device_id), created=False)

@@ -111,11 +111,11 @@ def seed_pretrained(db: Db, settings: Settings) -> None:
     for folder in sorted(p for p in PRETRAINED.iterdir() if (p / "manifest.json").is_file()):
         bundle = load_bundle(folder, trusted_keys(settings))
         if _find(db, bundle.manifest.name, bundle.manifest.version) is None:
-            row = register(db, settings, folder, sign=False)
-            row.promoted_at = utcnow()
             try:
+                row = register(db, settings, folder, sign=False)
+                row.promoted_at = utcnow()
                 db.commit()
-            except IntegrityError:  # another worker process of this service seeded it
+            except IntegrityError:  # another process of this service seeded it first
                 db.rollback()
 
 

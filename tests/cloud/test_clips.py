@@ -330,17 +330,17 @@ def test_concurrent_uploads_of_one_id_leave_one_row_and_one_set_of_files(
     monkeypatch: pytest.MonkeyPatch,
     same_audio: bool,
 ) -> None:
-    """Every upload passes the "is it stored?" check before any of them inserts, so all but
-    one lose the race at the insert (the database's primary key), not before it."""
+    """Every upload finds the id free before any of them inserts, so all but one lose the race
+    at the insert (the database's primary key), not before it."""
     uploads = 4
     everyone_checked = threading.Barrier(uploads, timeout=30)
-    decode = ingest_module.decode_clip
+    utcnow = ingest_module.utcnow
 
-    def decode_after_all_checked(*args: Any, **kwargs: Any) -> ingest_module.DecodedClip:
+    def now_once_all_checked() -> datetime:  # ingest asks the time between `get` and insert
         everyone_checked.wait()
-        return decode(*args, **kwargs)
+        return utcnow()
 
-    monkeypatch.setattr(ingest_module, "decode_clip", decode_after_all_checked)
+    monkeypatch.setattr(ingest_module, "utcnow", now_once_all_checked)
     wav = CRY_FULL_BAND.read_bytes()
     datas = [wav if same_audio or i == 0 else wav[: -2 * i] + bytes(2 * i) for i in range(uploads)]
     statuses: list[int] = []
