@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
+import numpy as np
 import soundfile as sf
 from pydantic import ValidationError
 from sqlalchemy import String, insert, update
@@ -38,6 +39,7 @@ from cloud.tables import Clip, Device, utcnow
 from models.audio import (
     TARGET_SAMPLE_RATE,
     AudioError,
+    FloatArray,
     UnreadableAudioError,
     float_to_int16,
     read_audio,
@@ -180,11 +182,24 @@ def decode_clip(data: bytes, *, name: str, declared_rate: int, settings: Setting
     )
     audio_16k = None
     if not ready:
-        mono = resample(to_mono(audio.samples), audio.sample_rate, TARGET_SAMPLE_RATE)
-        buffer = io.BytesIO()
-        sf.write(buffer, float_to_int16(mono), TARGET_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-        audio_16k = buffer.getvalue()
+        audio_16k = encode_flac_16k(
+            resample(to_mono(audio.samples), audio.sample_rate, TARGET_SAMPLE_RATE)
+        )
     return DecodedClip(data, extension, audio.sample_rate, channels, audio.duration_s, audio_16k)
+
+
+def encode_flac_16k(mono: FloatArray) -> bytes:
+    """The form every clip's audio is kept in for listening, scoring and training: 16 kHz
+    mono 16-bit FLAC."""
+    buffer = io.BytesIO()
+    sf.write(buffer, float_to_int16(mono), TARGET_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def read_clip_audio(storage: ClipStorage, clip: Clip) -> FloatArray:
+    """A clip's kept 16 kHz mono audio, as float samples."""
+    samples, _rate = sf.read(io.BytesIO(storage.get(clip.audio_key)), dtype="float32")
+    return np.asarray(samples, dtype=np.float32)
 
 
 def _settle(stored: Clip, sha256: str, device_id: str) -> Clip:

@@ -135,8 +135,9 @@ def label_counts(db: Db) -> list[tuple[Label, int]]:
 
 
 @dataclass(frozen=True)
-class QueueFilter:
-    label: str | None = None  # None: the clips still to label; a name: review that label
+class ClipFilter:
+    """The filters the clip list and the queue share."""
+
     device: str | None = None
     device_label: str | None = None
     min_score: float | None = None  # on the device's score
@@ -145,7 +146,7 @@ class QueueFilter:
     until: datetime | None = None  # received before
 
     def conditions(self) -> list[ColumnElement[bool]]:
-        where = [Clip.label.is_(None) if self.label is None else Clip.label == self.label]
+        where: list[ColumnElement[bool]] = []
         if self.device is not None:
             where.append(Clip.device_id == self.device)
         if self.device_label is not None:
@@ -159,6 +160,15 @@ class QueueFilter:
         if self.until is not None:
             where.append(Clip.received_at < self.until)
         return where
+
+
+@dataclass(frozen=True)
+class QueueFilter(ClipFilter):
+    label: str | None = None  # None: the clips still to label; a name: review that label
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        label = Clip.label.is_(None) if self.label is None else Clip.label == self.label
+        return [label, *super().conditions()]
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,20 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl, as an admin would)."""
+    ca_key, ca, key, csr, cert = (
+        tmp_path / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
+    )
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
+    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", "2",
+        "-subj", "/CN=soundwarden test CA")  # fmt: skip
+    run("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
+    return ca, cert, key

@@ -294,7 +294,7 @@ def stats_page(request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
 @router.get("/events")
 def events_page(request: Request, login: PageLogin, db: DbDep, offset: int = 0) -> HTMLResponse:
     offset = max(0, offset)
-    events = events_api._page(db, EVENTS_PAGE_SIZE, offset)
+    events = events_api.events_page(db, EVENTS_PAGE_SIZE, offset)
     ids = {e.clip_id for e in events if e.clip_id}
     clips = {c.id: c for c in db.scalars(select(Clip).where(Clip.id.in_(ids)))} if ids else {}
     return _render(

@@ -10,7 +10,6 @@ other label below it; uncertainty is the score's distance from the threshold.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +20,10 @@ from sqlalchemy import func, select, true
 from sqlalchemy.orm import Session as Db
 
 from cloud import registry
+from cloud.ingest import read_clip_audio
 from cloud.jobs.core import JobContext, job
 from cloud.tables import Clip, ModelVersion
-from models.audio import resample, to_mono
+from models.audio import TARGET_SAMPLE_RATE, resample
 from models.bundle import Bundle
 from models.evaluate import window_scores
 from models.frontend import FloatArray
@@ -86,11 +86,6 @@ class _Scorer:
         clip.uncertainty = abs(top - self.threshold)
 
 
-def _audio(ctx: JobContext, clip: Clip, rate: int) -> FloatArray:
-    samples, clip_rate = sf.read(io.BytesIO(ctx.storage.get(clip.audio_key)), dtype="float32")
-    return resample(to_mono(samples), int(clip_rate), rate)
-
-
 @job("assist")
 def run_assist(ctx: JobContext) -> dict[str, Any]:
     params = AssistParams.model_validate(ctx.params)
@@ -121,7 +116,7 @@ def run_assist(ctx: JobContext) -> dict[str, Any]:
                     break
                 last_id = clip.id
                 try:
-                    audio = _audio(ctx, clip, rate)
+                    audio = resample(read_clip_audio(ctx.storage, clip), TARGET_SAMPLE_RATE, rate)
                 except (OSError, sf.LibsndfileError) as exc:
                     unreadable.append(clip.id)
                     ctx.log(f"clip {clip.id}: audio unreadable, not scored ({exc})")

@@ -12,7 +12,6 @@ a shutdown interrupted it) skips what is stored and adds only what is missing.
 from __future__ import annotations
 
 import hashlib
-import io
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,20 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import soundfile as sf
 from pydantic import BaseModel, ConfigDict
 
 from cloud.core.config import Settings
-from cloud.ingest import IngestError
+from cloud.ingest import IngestError, encode_flac_16k
 from cloud.jobs.core import JobContext, job
 from cloud.tables import Clip
 from models.audio import (
     TARGET_SAMPLE_RATE,
     Audio,
     AudioError,
-    FloatArray,
     UnreadableAudioError,
-    float_to_int16,
     is_audio_file,
     read_audio,
     resample,
@@ -160,12 +156,6 @@ def _local_file(ctx: JobContext, source: _Source) -> Iterator[Path]:
         yield Path(tmp.name)
 
 
-def _flac(samples: FloatArray) -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, float_to_int16(samples), TARGET_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return buffer.getvalue()
-
-
 @dataclass
 class _Tally:
     created: int = 0
@@ -194,7 +184,7 @@ def _import_recording(
             if db.get(Clip, clip_id) is not None:
                 tally.existing += 1
             else:
-                data = _flac(mono[start:end])
+                data = encode_flac_16k(mono[start:end])
                 sha256 = hashlib.sha256(data).hexdigest()
                 key = f"clips/{clip_id}/{sha256[:16]}.16k.flac"
                 ctx.storage.put(key, data)

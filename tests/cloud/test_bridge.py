@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -41,8 +40,8 @@ from models.contract import (
     status_topic,
 )
 from tests.cloud.conftest import enrol, signed_in
-from tests.edge.test_mqtt import _tls_files
-from tests.mosquitto import Mosquitto, free_port, wait_for
+from tests.cloud.server import SOUNDWARDEN_CLOUD, running
+from tests.mosquitto import Mosquitto, free_port, tls_files, wait_for
 
 Publish = Callable[..., None]
 T0 = datetime(2025, 3, 1, 2, 30, tzinfo=UTC)
@@ -318,7 +317,7 @@ def test_the_embedded_demo_broker_carries_events(tmp_path: Path) -> None:
 
 
 def test_a_tls_broker_with_a_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ca, cert, key = _tls_files(tmp_path)
+    ca, cert, key = tls_files(tmp_path)
     passwords = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "cloud", "s3 cret"], check=True)
     secure = Mosquitto(
@@ -363,32 +362,16 @@ def test_serve_logs_json_and_stops_the_bridge_cleanly_on_sigterm(
         "SOUNDWARDEN_MQTT_URL": f"mqtt://127.0.0.1:{broker.port}",
     }
     log_file = tmp_path / "serve.log"
-    exe = Path(sys.executable).parent / "soundwarden-cloud"
-    with log_file.open("wb") as out:
-        server = subprocess.Popen(
-            [str(exe), "serve", "--port", str(port), "--log-format", "json"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2)
-
-        def answers() -> bool:
-            assert server.poll() is None, log_file.read_text()
-            try:
-                return http.get("/healthz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(answers, timeout_s=30)
+    command = [str(SOUNDWARDEN_CLOUD), "serve", "--port", str(port), "--log-format", "json"]
+    base = f"http://127.0.0.1:{port}"
+    with running(command, env=env, log=log_file, probe=f"{base}/healthz") as server:
+        http = httpx.Client(base_url=base, timeout=2)
         # Retained, so it reaches the bridge even if it subscribes after this.
         publish(availability_topic("nursery"), "maybe", retain=True)
         wait_for(lambda: _mqtt_messages(http, result="malformed") >= 1)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then dies of the signal it caught, as systemd expects.
-        assert server.wait(timeout=30) == -signal.SIGTERM
+    # `running` stops it with SIGTERM: uvicorn shuts down gracefully, then dies of the signal
+    # it caught, as systemd expects.
+    assert server.returncode == -signal.SIGTERM
 
     entries = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)

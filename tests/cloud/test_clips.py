@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
+import os
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,8 +32,9 @@ from cloud.main import create_app
 from cloud.tables import Clip, Device, Label
 from models.audio import float_to_int16, load_mono
 from tests.cloud.conftest import enrol, signed_in
-from tests.cloud.test_health import _free_port
+from tests.cloud.server import running
 from tests.conftest import CRY_FULL_BAND, MUSIC, SPEECH
+from tests.mosquitto import free_port
 
 DEVICE = "pi-nursery"
 STARTED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -441,29 +441,12 @@ def test_audio_downloads_the_16k_flac_or_the_file_as_received(
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """moto's S3-compatible HTTP server on a loopback port."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "moto_server did not answer within 30 s"
-                time.sleep(0.2)
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with running(command, env=dict(os.environ), log=log, probe=url):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_clips_go_to_an_s3_bucket_and_come_back(

@@ -4,16 +4,11 @@ labels clips with the keyboard, undoes, and the database shows exactly what was 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -22,6 +17,7 @@ from cloud.main import create_app
 from cloud.tables import Clip, LabelChange
 from tests.cloud.clipdata import seed
 from tests.cloud.conftest import PASSWORD, add_user
+from tests.cloud.server import cloud_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -35,12 +31,6 @@ pytestmark = [
         "(apt-get install chromium chromium-driver, or `make system-packages`)",
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -57,30 +47,8 @@ def server(tmp_path: Path, database_url: str) -> Iterator[str]:
         {"clip_id": "c3", "minutes": 2, "uncertainty": 0.3},
     )
     app.state.engine.dispose()
-    port = _free_port()
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "soundwarden-cloud"), "serve", "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
-            try:
-                httpx.get(f"{base}/api/v1/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert process.poll() is None, (tmp_path / "server.log").read_text()
-                assert time.monotonic() < deadline, "the server did not answer"
-                time.sleep(0.2)
+    with cloud_server({**os.environ, **env}, tmp_path / "server.log") as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        log.close()
 
 
 @pytest.fixture

@@ -7,14 +7,9 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import select
 
@@ -22,35 +17,12 @@ from cloud.core.db import make_engine, make_sessionmaker
 from cloud.tables import Clip
 from edge.clips import ClipUploader
 from models.audio import load_mono
-from tests.cloud.test_health import _free_port
+from tests.cloud.server import SOUNDWARDEN_CLOUD, cloud_server
 from tests.conftest import CRY_FULL_BAND
 from tests.edge.test_clips import Rig, clips_config, episode, wait_for
+from tests.mosquitto import free_port
 
-EXE = Path(sys.executable).parent / "soundwarden-cloud"
 DEVICE = "nursery"  # the device the edge test rig records as
-
-
-@contextmanager
-def serve(env: dict[str, str], log: Path, workers: int) -> Iterator[str]:
-    port = _free_port()
-    command = [str(EXE), "serve", "--port", str(port), "--workers", str(workers)]
-    with log.open("wb") as out:
-        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    httpx.get(f"{url}/api/v1/health", timeout=1)
-                    break
-                except httpx.TransportError:
-                    assert server.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, "server did not answer within 30 s"
-                    time.sleep(0.2)
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +39,11 @@ def test_edge_clips_reach_a_real_cloud_once_each_a_resent_one_too(
         "SOUNDWARDEN_DATABASE_URL": database_url,
     }
     enrolled = subprocess.run(
-        [str(EXE), "add-device", DEVICE], env=env, capture_output=True, text=True, timeout=60
+        [str(SOUNDWARDEN_CLOUD), "add-device", DEVICE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert enrolled.returncode == 0, enrolled.stderr
     token = enrolled.stdout.strip().splitlines()[-1]
@@ -76,7 +52,7 @@ def test_edge_clips_reach_a_real_cloud_once_each_a_resent_one_too(
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     rig.play(load_mono(CRY_FULL_BAND), episode(first, 1.0, 2.5) + episode(second, 3.5, 5.0))
     uploaded = tmp_path / "edge" / "clips" / "uploaded"
-    with serve(env, tmp_path / "serve.log", workers) as url:
+    with cloud_server(env, tmp_path / "serve.log", "--workers", str(workers)) as url:
         uploader: ClipUploader = rig.uploader(url, token=token)
         uploader.start()
         try:
@@ -120,10 +96,14 @@ def test_serve_refuses_workers_that_would_each_run_the_mqtt_bridge(tmp_path: Pat
     env = {
         **os.environ,
         "SOUNDWARDEN_DATA_DIR": str(tmp_path / "cloud"),
-        "SOUNDWARDEN_EMBEDDED_BROKER_PORT": str(_free_port()),
+        "SOUNDWARDEN_EMBEDDED_BROKER_PORT": str(free_port()),
     }
     refused = subprocess.run(
-        [str(EXE), "serve", "--workers", "2"], env=env, capture_output=True, text=True, timeout=60
+        [str(SOUNDWARDEN_CLOUD), "serve", "--workers", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert refused.returncode == 1
     assert "--workers would run the MQTT bridge once per worker" in refused.stderr

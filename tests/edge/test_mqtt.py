@@ -17,7 +17,7 @@ from edge.config import MqttConfig
 from edge.mqtt import MqttLink
 from edge.spool import Spool
 from tests.conftest import REPO
-from tests.mosquitto import Mosquitto, Subscriber, wait_for
+from tests.mosquitto import Mosquitto, Subscriber, tls_files, wait_for
 
 
 @pytest.fixture()
@@ -171,25 +171,8 @@ def test_discovery_is_sent_again_when_home_assistant_comes_online(
         watcher.loop_stop()
 
 
-def _tls_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 (openssl, as an admin would)."""
-    ca_key, ca, key, csr, cert = (
-        tmp_path / n for n in ("ca.key", "ca.crt", "server.key", "server.csr", "server.crt")
-    )
-    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
-    new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    run("req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", "2",
-        "-subj", "/CN=soundwarden test CA")  # fmt: skip
-    run("req", *new_key, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
-    ext = tmp_path / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-        "-out", cert, "-days", "2", "-extfile", ext)  # fmt: skip
-    return ca, cert, key
-
-
 def test_tls_with_username_and_password(tmp_path: Path) -> None:
-    ca, cert, key = _tls_files(tmp_path)
+    ca, cert, key = tls_files(tmp_path)
     passwords = tmp_path / "passwd"
     subprocess.run(
         ["mosquitto_passwd", "-b", "-c", str(passwords), "nursery", "s3cret"], check=True

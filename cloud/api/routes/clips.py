@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile
 from cloud.api.deps import DbDep, StorageDep, UserDep, current_device, get_settings, get_storage
 from cloud.core.metrics import CLIPS
 from cloud.ingest import MEDIA_TYPES, IngestError, ingest, read_limited
+from cloud.labelling import ClipFilter
 from cloud.tables import Clip
 
 router = APIRouter(prefix="/clips", tags=["clips"])
@@ -204,12 +205,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, clip_id = raw.split("|", 1)
-        return _utc(datetime.fromisoformat(at)), clip_id
+        return as_utc(datetime.fromisoformat(at)), clip_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "not a cursor from this list") from None
 
 
-def _utc(at: datetime) -> datetime:
+def as_utc(at: datetime) -> datetime:
     """Times without an offset in a query mean UTC."""
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
@@ -234,21 +235,19 @@ def list_clips(
     cursor: Annotated[str | None, Query(description="`next_cursor` of the previous page.")] = None,
 ) -> ClipPage:
     """Clips, newest first, a page at a time."""
-    query = select(Clip)
-    if device is not None:
-        query = query.where(Clip.device_id == device)
+    query = select(Clip).where(
+        *ClipFilter(
+            device=device,
+            min_score=min_score,
+            max_score=max_score,
+            since=as_utc(received_after) if received_after else None,
+            until=as_utc(received_before) if received_before else None,
+        ).conditions()
+    )
     if label == UNLABELLED:
         query = query.where(Clip.label.is_(None))
     elif label is not None:
         query = query.where(Clip.label == label)
-    if min_score is not None:
-        query = query.where(Clip.device_score >= min_score)
-    if max_score is not None:
-        query = query.where(Clip.device_score <= max_score)
-    if received_after is not None:
-        query = query.where(Clip.received_at >= _utc(received_after))
-    if received_before is not None:
-        query = query.where(Clip.received_at < _utc(received_before))
     if cursor is not None:
         at, clip_id = _decode_cursor(cursor)
         query = query.where(
@@ -264,7 +263,7 @@ def list_clips(
     )
 
 
-def _get(db: DbDep, clip_id: str) -> Clip:
+def get_clip_or_404(db: DbDep, clip_id: str) -> Clip:
     clip = db.get(Clip, clip_id)
     if clip is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no clip {clip_id!r}")
@@ -273,7 +272,7 @@ def _get(db: DbDep, clip_id: str) -> Clip:
 
 @router.get("/{clip_id}", responses={404: {"description": "No such clip"}})
 def get_clip(clip_id: str, _: UserDep, db: DbDep) -> ClipDetail:
-    return ClipDetail.model_validate(_get(db, clip_id))
+    return ClipDetail.model_validate(get_clip_or_404(db, clip_id))
 
 
 @router.get(
@@ -297,7 +296,7 @@ def get_audio(
     ] = False,
 ) -> Response:
     """The clip's 16 kHz mono FLAC, or with `original=true` the file as the device sent it."""
-    clip = _get(db, clip_id)
+    clip = get_clip_or_404(db, clip_id)
     key, extension = (
         (clip.original_key, clip.original_format) if original else (clip.audio_key, "flac")
     )

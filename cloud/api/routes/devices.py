@@ -45,7 +45,7 @@ class DeviceToken(BaseModel):
     token: str = Field(description="Shown once: only its hash is kept.")
 
 
-def _get(db: DbDep, device_id: str) -> Device:
+def get_device_or_404(db: DbDep, device_id: str) -> Device:
     device = db.get(Device, device_id)
     if device is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no device {device_id!r}")
@@ -59,7 +59,7 @@ def list_devices(_: UserDep, db: DbDep) -> list[DeviceOut]:
 
 @router.get("/{device_id}", responses={404: {"description": "No such device"}})
 def get_device(device_id: str, _: UserDep, db: DbDep) -> DeviceOut:
-    return DeviceOut.model_validate(_get(db, device_id))
+    return DeviceOut.model_validate(get_device_or_404(db, device_id))
 
 
 @router.post(
@@ -79,7 +79,7 @@ def add_device(body: NewDevice, _: AdminDep, db: DbDep) -> DeviceToken:
 @router.post("/{device_id}/token", responses={404: {"description": "No such device"}})
 def rotate_token(device_id: str, _: AdminDep, db: DbDep) -> DeviceToken:
     """A new token (the old one stops working at once); also un-revokes."""
-    _get(db, device_id)
+    get_device_or_404(db, device_id)
     token = accounts.rotate_device_token(db, device_id)
     db.commit()
     return DeviceToken(id=device_id, token=token)
@@ -87,7 +87,7 @@ def rotate_token(device_id: str, _: AdminDep, db: DbDep) -> DeviceToken:
 
 @router.post("/{device_id}/revoke", responses={404: {"description": "No such device"}})
 def revoke(device_id: str, _: AdminDep, db: DbDep) -> DeviceOut:
-    _get(db, device_id)
+    get_device_or_404(db, device_id)
     device = accounts.revoke_device(db, device_id)
     db.commit()
     return DeviceOut.model_validate(device)

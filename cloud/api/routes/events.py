@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from cloud.api.deps import DbDep, UserDep
-from cloud.api.routes.devices import _get as get_device
+from cloud.api.routes.devices import get_device_or_404 as get_device
 from cloud.tables import Event
 
 router = APIRouter(tags=["events"])
@@ -33,7 +33,7 @@ class EventOut(BaseModel):
     payload: dict[str, Any] = Field(description="The message as the device published it.")
 
 
-def _page(
+def events_page(
     db: DbDep,
     limit: int,
     offset: int,
@@ -64,7 +64,7 @@ def list_events(
     offset: Offset = 0,
 ) -> list[EventOut]:
     """All devices' events, enrolled or not, newest first."""
-    return _page(db, limit, offset, device=device, label=label, since=since)
+    return events_page(db, limit, offset, device=device, label=label, since=since)
 
 
 @router.get("/devices/{device_id}/events", responses={404: {"description": "No such device"}})
@@ -73,4 +73,4 @@ def device_events(
 ) -> list[EventOut]:
     """One enrolled device's events, newest first."""
     get_device(db, device_id)
-    return _page(db, limit, offset, device=device_id)
+    return events_page(db, limit, offset, device=device_id)

@@ -14,8 +14,8 @@ from sqlalchemy import func, select, update
 
 from cloud import labelling
 from cloud.api.deps import AdminDep, DbDep, UserDep
-from cloud.api.routes.clips import UNLABELLED, ClipDetail, _utc
-from cloud.api.routes.clips import _get as get_clip
+from cloud.api.routes.clips import UNLABELLED, ClipDetail, as_utc
+from cloud.api.routes.clips import get_clip_or_404 as get_clip
 from cloud.splits import PERCENT, SPLITS
 from cloud.tables import Clip, Label, LabelChange
 
@@ -292,7 +292,7 @@ def decode_cursor(cursor: str) -> labelling.QueueKey:
         uncertainty, at, clip_id = json.loads(raw)
         if not (uncertainty is None or isinstance(uncertainty, float | int)):
             raise ValueError("uncertainty")
-        return labelling.QueueKey(uncertainty, _utc(datetime.fromisoformat(at)), str(clip_id))
+        return labelling.QueueKey(uncertainty, as_utc(datetime.fromisoformat(at)), str(clip_id))
     except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "not a cursor from this queue") from None
 
@@ -335,8 +335,8 @@ def queue(
         device_label=device_label,
         min_score=min_score,
         max_score=max_score,
-        since=_utc(received_after) if received_after else None,
-        until=_utc(received_before) if received_before else None,
+        since=as_utc(received_after) if received_after else None,
+        until=as_utc(received_before) if received_before else None,
     )
     after = decode_cursor(cursor) if cursor is not None else None
     clips = labelling.queue_page(db, f, after, limit + 1)

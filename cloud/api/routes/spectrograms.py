@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from typing import Annotated
 
 import numpy as np
-import soundfile as sf
 from fastapi import APIRouter, Query, Response
 from pydantic import AfterValidator, BaseModel, Field
 
 from cloud import spectrogram
 from cloud.api.deps import DbDep, StorageDep, UserDep
-from cloud.api.routes.clips import _get as get_clip
-from cloud.storage import ClipStorage
-from cloud.tables import Clip
+from cloud.api.routes.clips import get_clip_or_404 as get_clip
+from cloud.ingest import read_clip_audio
+from models.audio import TARGET_SAMPLE_RATE
 
 router = APIRouter(tags=["clips"])
 
@@ -34,12 +32,6 @@ class Waveform(BaseModel):
     duration_s: float
     min: list[float] = Field(description="Lowest sample of each column, -1..1.")
     max: list[float] = Field(description="Highest sample of each column, -1..1.")
-
-
-def _samples(storage: ClipStorage, clip: Clip) -> tuple[spectrogram.FloatArray, int]:
-    """The clip's stored 16 kHz mono audio."""
-    samples, rate = sf.read(io.BytesIO(storage.get(clip.audio_key)), dtype="float32")
-    return samples, int(rate)
 
 
 @router.get(
@@ -69,7 +61,7 @@ def get_spectrogram(
 ) -> Response:
     """Time left to right, low frequencies at the bottom, the loudest 80 dB through viridis."""
     # A plain `def`, so FastAPI runs the decoding and FFTs in a worker thread, off the loop.
-    samples, rate = _samples(storage, get_clip(db, clip_id))
+    samples, rate = read_clip_audio(storage, get_clip(db, clip_id)), TARGET_SAMPLE_RATE
     power = spectrogram.spectrogram_db(
         samples, rate, n_fft=n_fft, overlap=overlap, window=window, scale=scale
     )
@@ -87,7 +79,7 @@ def get_waveform(
 ) -> Waveform:
     """The lowest and highest sample per column, for drawing the waveform at any width."""
     clip = get_clip(db, clip_id)
-    samples, rate = _samples(storage, clip)
+    samples, rate = read_clip_audio(storage, clip), TARGET_SAMPLE_RATE
     low, high = spectrogram.peaks(samples, width)
     response.headers.update(CACHE)
     return Waveform(
