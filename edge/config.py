@@ -246,6 +246,48 @@ class ClipsConfig(_Section):
         return self
 
 
+class UpdatesConfig(_Section):
+    enabled: bool = Field(
+        True,
+        description="Take model updates the cloud sends on `<prefix>/<device>/model/set`: "
+        "download, verify, shadow, switch, watch, roll back on trouble.",
+    )
+    max_bundle_mb: float = Field(32.0, gt=0, description="Largest bundle download accepted, MB.")
+    shadow_s: float = Field(
+        600.0,
+        ge=0,
+        description="Seconds of live audio the candidate is scored on next to the running "
+        "model before it may replace it.",
+    )
+    min_agreement: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Fraction of shadowed windows on which both models must decide alike.",
+    )
+    max_event_ratio: float = Field(
+        3.0,
+        ge=1,
+        description="The candidate (while shadowing) and the new model (on probation) may start "
+        "at most this many times the running model's episodes, plus `event_slack`.",
+    )
+    event_slack: int = Field(
+        2, ge=0, description="Episodes allowed beyond `max_event_ratio` (for a quiet room)."
+    )
+    probation_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Seconds after a switch during which an inference error, an unclean stop "
+        "or an event-rate anomaly rolls back to the previous model.",
+    )
+    retry_max_s: float = Field(
+        600.0, gt=0, description="Longest wait between download retries (the backoff doubles)."
+    )
+    keep_bundles: int = Field(
+        2, ge=2, description="Installed bundles kept on disk (current and previous at least)."
+    )
+
+
 class EdgeConfig(_Section):
     device: str = Field(
         pattern=DEVICE_ID_PATTERN,
@@ -268,6 +310,9 @@ class EdgeConfig(_Section):
     )
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="The durable outbox.")
     clips: ClipsConfig = Field(default_factory=ClipsConfig, description="Clips around episodes.")
+    updates: UpdatesConfig = Field(
+        default_factory=UpdatesConfig, description="Remote model updates."
+    )
 
     @property
     def spool_path(self) -> Path:
@@ -276,6 +321,10 @@ class EdgeConfig(_Section):
     @property
     def clips_dir(self) -> Path:
         return self.data_dir / "clips"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> EdgeConfig:

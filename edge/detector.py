@@ -13,6 +13,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,10 +32,11 @@ class DetectorConfigError(ValueError):
     pass
 
 
-def load_model(config: ModelConfig) -> tuple[Bundle, BundleModel]:
-    """The configured bundle, verified against the trusted keys, on the configured runtime (or
-    the first usable one); raises BundleError or RuntimeUnavailableError with the reason."""
-    bundle = load_bundle(config.bundle, TrustedKeys.from_paths(config.trusted_keys))
+def load_model(config: ModelConfig, path: Path | None = None) -> tuple[Bundle, BundleModel]:
+    """The configured bundle (or the one at `path`), verified against the trusted keys, on the
+    configured runtime (or the first usable one); raises BundleError or
+    RuntimeUnavailableError with the reason."""
+    bundle = load_bundle(path or config.bundle, TrustedKeys.from_paths(config.trusted_keys))
     runtime = choose_runtime(config.runtime, bundle)
     return bundle, BundleModel(bundle, runtime=runtime, threads=config.threads)
 
@@ -81,6 +83,7 @@ class Detector:
                 f"{features.hop_length / features.sample_rate * 1000:.0f} ms frame hop"
             )
         self._model = model
+        self._rules = rules
         self._device = device
         self._features = features
         self._rate = features.sample_rate
@@ -111,6 +114,19 @@ class Detector:
         self.consumed = 0  # samples fed to the front end (or skipped) so far
         self.windows = 0  # windows scored
         self.level_dbfs: float | None = None  # of the latest scored window
+        # (window end sample, labels over threshold) per scored window, for whoever compares
+        # two models on one stream (shadowing); None keeps nothing.
+        self.decisions: list[tuple[int, frozenset[str]]] | None = None
+        self.episodes_started = 0
+
+    def successor(self, model: BundleModel) -> Detector:
+        """A detector for `model` on this one's stream: same clock and hop grid, fed from the
+        same point on; its front end fills during the next second. Raises
+        DetectorConfigError when the rules do not fit the model."""
+        other = Detector(model, device=self._device, rules=self._rules, origin=self.origin)
+        other.consumed = self.consumed
+        other._pending = self._pending.copy()
+        return other
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -171,10 +187,16 @@ class Detector:
         self.level_dbfs = level
         window_start, window_end = self._at(self.consumed - self._window), self._at(self.consumed)
         events = []
+        over = []
         for label, tracker in self._trackers.items():
             score = float(scores[self._column[label]])
             self._recent[label].append((window_start, score))
             events += self._step(label, tracker.update(score), score, level, window_end)
+            if score >= tracker.threshold:
+                over.append(label)
+        if self.decisions is not None:
+            self.decisions.append((self.consumed, frozenset(over)))
+        self.episodes_started += sum(e.type == "start" for e in events)
         return events
 
     def _step(

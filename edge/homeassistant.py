@@ -31,7 +31,8 @@ Entities, all unavailable while `<prefix>/<device>/availability` says `offline`:
   (see `_event_template` for why one entity per label, and how it ignores the other labels);
 * per label, a `binary_sensor` (device class `sound`) on the retained `ON`/`OFF` state topic;
 * diagnostic `sensor`s read from the retained status heartbeat: audio level (dBFS), spool depth
-  and dropped windows.
+  and dropped windows;
+* an `update` entity for the model, read from the retained `model/state`.
 
 Identity: every `unique_id` is `soundwarden:<device>:<key>`, built only from the device id and
 the entity's key (kind + label), never from names, the model or the software version, so a
@@ -59,6 +60,7 @@ from models.contract import (
     ModelRef,
     availability_topic,
     events_topic,
+    model_state_topic,
     state_topic,
     status_topic,
 )
@@ -168,7 +170,32 @@ def unique_id(device: str, key: str) -> str:
 
 
 def _entities(device: str, prefix: str, labels: Sequence[str]) -> list[_Entity]:
-    return _label_entities(device, prefix, labels) + _status_entities(device, prefix)
+    return [
+        *_label_entities(device, prefix, labels),
+        *_status_entities(device, prefix),
+        _update_entity(device, prefix),
+    ]
+
+
+def _update_entity(device: str, prefix: str) -> _Entity:
+    """The model as an `update` entity, read straight from the retained `model/state` JSON,
+    whose `installed_version`, `latest_version`, `title`, `in_progress`, `update_percentage`
+    and `release_summary` are the keys HA's MQTT update entity takes from a JSON state
+    (`homeassistant/components/mqtt/update.py`). No command topic: the cloud's rollout decides
+    what a device installs, so HA shows progress and outcome but offers no install button."""
+    key = "model_update"
+    return _Entity(
+        "update",
+        key,
+        {
+            "name": "Model",
+            "unique_id": unique_id(device, key),
+            "default_entity_id": _entity_id("update", device, "model"),
+            "state_topic": model_state_topic(device, prefix),
+            "qos": 1,
+            "entity_category": "diagnostic",
+        },
+    )
 
 
 def _label_entities(device: str, prefix: str, labels: Sequence[str]) -> list[_Entity]:

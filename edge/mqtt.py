@@ -21,6 +21,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -28,7 +29,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.config import MqttConfig
 from edge.spool import Spool
-from models.contract import OFFLINE, ONLINE, availability_topic, events_topic
+from models.contract import (
+    OFFLINE,
+    ONLINE,
+    availability_topic,
+    events_topic,
+    model_set_topic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +48,15 @@ class MqttLink:
         device: str,
         config: MqttConfig,
         ha_status_topic: str | None = None,
+        on_model_set: Callable[[bytes], None] | None = None,
         max_inflight: int = 20,
     ) -> None:
         self._spool = spool
         self._topics = {"event": events_topic(device, config.prefix)}  # spool kind -> topic
         self._availability = availability_topic(device, config.prefix)
         self._ha_status_topic = ha_status_topic
+        self._model_set_topic = model_set_topic(device, config.prefix)
+        self._on_model_set = on_model_set
         self._retained: dict[str, str] = {}  # topic -> latest payload, replayed on connect
         self._discovery: list[tuple[str, str]] = []
         self._max_inflight = max_inflight
@@ -143,6 +153,9 @@ class MqttLink:
         client.publish(self._availability, ONLINE, qos=1, retain=True)
         if self._ha_status_topic:
             client.subscribe(self._ha_status_topic, qos=1)
+        if self._on_model_set:
+            # Retained: the cloud's latest word arrives on every (re)connect.
+            client.subscribe(self._model_set_topic, qos=1)
         self._publish_discovery()
         with self._lock:
             retained = list(self._retained.items())
@@ -161,6 +174,8 @@ class MqttLink:
         if msg.topic == self._ha_status_topic and msg.payload == ONLINE.encode():
             log.info("Home Assistant came online: discovery sent again")
             self._publish_discovery()
+        elif msg.topic == self._model_set_topic and self._on_model_set:
+            self._on_model_set(bytes(msg.payload))
 
     def _on_disconnect(
         self,

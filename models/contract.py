@@ -34,6 +34,16 @@ def status_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}/{device}/status"
 
 
+def model_set_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Retained `ModelSetPayload` from the cloud: the bundle this device should run."""
+    return f"{prefix}/{device}/model/set"
+
+
+def model_state_topic(device: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Retained `ModelStatePayload`: the installed model and how an update is going."""
+    return f"{prefix}/{device}/model/state"
+
+
 ONLINE, OFFLINE = "online", "offline"
 STATE_ON, STATE_OFF = "ON", "OFF"
 
@@ -150,4 +160,94 @@ class ClipMetadata(BaseModel):
     sample_rate: int = Field(description="Sample rate of the clip file, Hz.")
     truncated: bool = Field(
         description="Cut at the longest clip allowed before the post-roll was complete."
+    )
+
+
+class ModelSetPayload(BaseModel):
+    """`<prefix>/<device>/model/set`, retained, cloud to device: install this bundle.
+
+    An empty retained message cancels an update that has not switched yet; one naming the
+    installed version does too (and so puts back the model a rollout replaced).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Bundle name; must be the running model's name.")
+    version: str = Field(description="Bundle version to install.")
+    url: str = Field(
+        pattern=r"^https?://",
+        description="Where to download the bundle .tar.gz (with the device token).",
+    )
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the .tar.gz.")
+    size: int = Field(ge=1, description="Size of the .tar.gz in bytes.")
+    rollout: str | None = Field(None, description="The rollout asking for it, echoed in state.")
+
+
+UpdateState = Literal[
+    "idle",
+    "downloading",
+    "verifying",
+    "shadowing",
+    "probation",
+    "installed",
+    "rejected",
+    "rolled_back",
+    "failed",
+]
+"""`idle`: nothing asked; `downloading` / `verifying` / `shadowing` / `probation`: the steps;
+`installed`: the asked-for bundle runs and passed probation; `rejected`: refused before the
+switch; `rolled_back`: switched, then put back; `failed`: a step failed and is retried."""
+
+IN_PROGRESS: tuple[UpdateState, ...] = ("downloading", "verifying", "shadowing", "probation")
+
+
+class ModelTarget(BaseModel):
+    """The bundle an update is about."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Bundle name.")
+    version: str = Field(description="Bundle version.")
+    sha256: str = Field(description="SHA-256 of its .tar.gz.")
+
+
+class ShadowReport(BaseModel):
+    """The candidate next to the running model on the same live audio."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    windows: int = Field(description="Windows both models scored.")
+    agreement: float = Field(description="Fraction of those windows with the same decisions.")
+    events_running: int = Field(description="Episodes the running model started meanwhile.")
+    events_candidate: int = Field(description="Episodes the candidate would have started.")
+
+
+class ModelStatePayload(BaseModel):
+    """`<prefix>/<device>/model/state`, retained: what runs and how an update is going.
+
+    The last six fields are those Home Assistant's MQTT `update` entity reads from a JSON state
+    topic, so the entity needs no template.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str = Field(description="Device id.")
+    at: datetime = Field(description="When this state was reported (UTC).")
+    state: UpdateState = Field(description="Where the update stands.")
+    installed: ModelRef = Field(description="The bundle running now.")
+    previous: ModelRef | None = Field(description="The bundle kept for rollback, if any.")
+    target: ModelTarget | None = Field(description="The bundle the latest update is about.")
+    rollout: str | None = Field(description="The rollout that asked for the target.")
+    progress: float | None = Field(description="Progress of the current step, 0 to 1.")
+    error: str | None = Field(description="Why the target was rejected or rolled back, or failed.")
+    shadow: ShadowReport | None = Field(description="The shadowing comparison, once measured.")
+    installed_version: str = Field(description="Home Assistant: the installed version.")
+    latest_version: str = Field(
+        description="Home Assistant: the version being installed, else the installed one."
+    )
+    title: str = Field(description="Home Assistant: the model's name.")
+    in_progress: bool = Field(description="Home Assistant: an update step is under way.")
+    update_percentage: float | None = Field(description="Home Assistant: step progress in %.")
+    release_summary: str | None = Field(
+        max_length=255, description="Home Assistant: one line on the state or the error."
     )

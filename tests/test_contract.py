@@ -15,9 +15,13 @@ from models.contract import (
     ClipMetadata,
     EventPayload,
     ModelRef,
+    ModelSetPayload,
+    ModelStatePayload,
     StatusPayload,
     availability_topic,
     events_topic,
+    model_set_topic,
+    model_state_topic,
     state_topic,
     status_topic,
 )
@@ -32,6 +36,8 @@ SNAPSHOTS = REPO / "tests" / "contract"
         (EventPayload, "event.schema.json"),
         (StatusPayload, "status.schema.json"),
         (ClipMetadata, "clip_metadata.schema.json"),
+        (ModelSetPayload, "model_set.schema.json"),
+        (ModelStatePayload, "model_state.schema.json"),
     ],
 )
 def test_payload_schemas_are_frozen(model: type[BaseModel], snapshot: str) -> None:
@@ -51,6 +57,8 @@ def test_topics() -> None:
     assert availability_topic("nursery") == "soundwarden/nursery/availability"
     assert state_topic("nursery", "cry") == "soundwarden/nursery/state/cry"
     assert status_topic("nursery", prefix="x") == "x/nursery/status"
+    assert model_set_topic("nursery") == "soundwarden/nursery/model/set"
+    assert model_state_topic("nursery") == "soundwarden/nursery/model/state"
 
 
 def test_an_event_round_trips_through_json_exactly() -> None:

@@ -24,6 +24,7 @@ from models import metrics
 from models.bundle import FileRole, Manifest, write_bundle
 from models.detection import count_episodes
 from models.frontend import LogMel
+from models.reference import REFERENCE_NAME, write_reference
 from models.runtimes.onnx import OnnxRuntime
 from models.training import plots
 from models.training.data import (
@@ -63,8 +64,10 @@ def write_recipe_bundle(
     training: dict[str, Any],
     val_metrics: dict[str, Any],
 ) -> tuple[Path, Manifest]:
-    """The unsigned bundle folder `out_dir/<recipe name>` every trainer ends with."""
+    """The unsigned bundle folder `out_dir/<recipe name>` every trainer ends with, carrying
+    reference windows scored by each of its runtime files (see `models.reference`)."""
     bundle_dir = out_dir / recipe.name
+    reference = write_reference(out_dir / "run" / REFERENCE_NAME, recipe.features, files)
     manifest = write_bundle(
         bundle_dir,
         name=recipe.name,
@@ -73,7 +76,7 @@ def write_recipe_bundle(
         labels=recipe.labels,
         thresholds={recipe.positive: round(threshold, 6)},
         features=recipe.features,
-        files=files,
+        files={**files, REFERENCE_NAME: ("reference", reference)},
         training=training,
         metrics={"val": val_metrics},
     )

@@ -151,9 +151,12 @@ def _spooled_keys(tmp_path: Path) -> list[str]:
     database = tmp_path / "data" / "spool.sqlite"
     if not database.exists():
         return []
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT key FROM outbox WHERE kind = 'event' ORDER BY seq").fetchall()
-    return [key for (key,) in rows]
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            rows = db.execute("SELECT key FROM outbox WHERE kind = 'event' ORDER BY seq")
+            return [key for (key,) in rows.fetchall()]
+    except sqlite3.OperationalError:  # the daemon is still creating it
+        return []
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from models.contract import (
     WindowCounts,
     availability_topic,
     events_topic,
+    model_state_topic,
     state_topic,
     status_topic,
 )
@@ -123,7 +124,7 @@ def test_device_form_is_one_message_with_what_ha_requires() -> None:
     assert payload["origin"] == {"name": "soundwarden", "sw_version": "0.1.0"}
     platforms = {key: c["platform"] for key, c in payload["components"].items()}
     assert sorted(platforms.values()) == sorted(
-        ["event", "event", "binary_sensor", "binary_sensor", "sensor", "sensor", "sensor"]
+        ["event", "event", "binary_sensor", "binary_sensor", "sensor", "sensor", "sensor", "update"]
     )
     assert all(c["unique_id"] for c in payload["components"].values())
 
@@ -166,6 +167,7 @@ def test_every_topic_is_a_contract_topic() -> None:
         "audio_level": status_topic(device, prefix),
         "spool_depth": status_topic(device, prefix),
         "dropped_windows": status_topic(device, prefix),
+        "model_update": model_state_topic(device, prefix),
     }
     components = payload["components"]
     assert {key: c["state_topic"] for key, c in components.items()} == expected
@@ -173,6 +175,7 @@ def test_every_topic_is_a_contract_topic() -> None:
         availability_topic(device, prefix),
         events_topic(device, prefix),
         status_topic(device, prefix),
+        model_state_topic(device, prefix),
         *(state_topic(device, label, prefix) for label in labels),
     }
     for _topic, message in _messages(

@@ -10,36 +10,13 @@ from models.frontend import FrontendConfig
 from models.inference import BundleModel, InferenceError
 from models.runtimes import RuntimeUnavailableError, runtime_class
 from models.signing import TrustedKeys, generate_keypair, load_private_key
+from tests.bundles import tiny_onnx
 
-onnx = pytest.importorskip("onnx")
-helper = onnx.helper
-
-
-def _tiny_model(path: Path, *, nan: bool = False) -> None:
-    """features -> mean over time and frequency m -> softmax([m, -m]) (or m / 0 for NaN)."""
-    features = helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, ["n", 1, 97, 64])
-    scores = helper.make_tensor_value_info("scores", onnx.TensorProto.FLOAT, ["n", 2])
-    nodes = [
-        helper.make_node("ReduceMean", ["features"], ["m4"], axes=[2, 3], keepdims=0),
-        helper.make_node("Neg", ["m4"], ["neg"]),
-        helper.make_node("Concat", ["m4", "neg"], ["pair"], axis=1),
-    ]
-    if nan:
-        nodes += [
-            helper.make_node("Sub", ["pair", "pair"], ["zero"]),
-            helper.make_node("Div", ["zero", "zero"], ["scores"]),
-        ]
-    else:
-        nodes.append(helper.make_node("Softmax", ["pair"], ["scores"], axis=1))
-    graph = helper.make_graph(nodes, "tiny", [features], [scores])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
+pytest.importorskip("onnx")
 
 
 def _bundle(tmp_path: Path, nan: bool = False) -> BundleModel:
-    source = tmp_path / "m.onnx"
-    _tiny_model(source, nan=nan)
+    source = tiny_onnx(tmp_path / "m.onnx", "nan" if nan else "mean")
     private, public = generate_keypair(tmp_path / "keys", "k")
     write_bundle(
         tmp_path / "b",

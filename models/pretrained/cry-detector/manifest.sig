@@ -1,5 +1,5 @@
 {
   "algorithm": "ed25519",
-  "key_id": "039cfe3e99436e86",
-  "signature": "0EeF/RB5jQwtakhNpSdGLc/5RKRb3TvFZcJSJ9hwiuHrlMSYAYgVMaoTvpahc1N+WBrKi68DT3uGmjka9cm3DA=="
+  "key_id": "02300754002184d2",
+  "signature": "Gq7C/Sz9yPvAtml1a/hPi12nZ/w5A0y7xvcMIhB1D8taTYkdXyyJ8Tqbg6M5BA5q7jxmN5aTIfVaMKQCs4D5Bg=="
 }

@@ -1,5 +1,5 @@
 {
   "algorithm": "ed25519",
-  "key_id": "039cfe3e99436e86",
-  "signature": "+Rq/deAxlLTls+D2JT/UoXlyHLD/zl3Mzir/WVM+ceWL32iailbGRiYwzJ0dFM876dMqjHHsJovsa8TusIFdDg=="
+  "key_id": "02300754002184d2",
+  "signature": "eg5Vy80LMnNH5PzDuKkInPWyz8D1muIoi5Fz5Mo7m0AqLeEqkQcm7zv1IKm7wiqJ7SVGUyOm3fFFup97U5nbCQ=="
 }
