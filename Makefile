@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh Debian 12 / Raspberry Pi OS machine:
-#   make demo   - install, then run the front end over a shipped recording
+#   make demo   - install, then run cloud + edge daemon on this machine, printing live events
 #   make test   - install, then lint (ruff), type-check (mypy) and run the whole test suite
 # Re-running is fast: each step is skipped while its inputs are unchanged.
 
@@ -13,25 +13,23 @@ PIP_INSTALL = pip install --quiet --constraint constraints.txt
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages: compilers and headers for PyAudio (portaudio) and systemd-python, libsndfile,
 # ALSA tools for the microphone path, Mosquitto, which the MQTT tests start on free ports, and
-# Chromium with its driver, which the labelling console's browser test drives headless.
+# Chromium with its driver, which the labelling console's browser test drives headless,
+# systemd (systemd-analyze verifies the units in deploy/systemd) and ShellCheck (lints
+# deploy/pi/install.sh).
 APT_PACKAGES := python3-venv python3-dev build-essential pkg-config portaudio19-dev \
-	libsystemd-dev libsndfile1 alsa-utils mosquitto chromium chromium-driver
+	libsystemd-dev libsndfile1 alsa-utils mosquitto chromium chromium-driver systemd shellcheck
 DEMO_OUT := out/demo
 
-.PHONY: demo test lint typecheck pytest system-packages clean
+.PHONY: demo demo-mic test lint typecheck pytest system-packages clean
 
-demo: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed
-	@mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/soundwarden-models dataset tests/fixtures/audio
-	$(VENV)/bin/soundwarden-models features tests/fixtures/audio/cry/donateacry_ios_045c5483.wav \
-		--png $(DEMO_OUT)/spectrogram.png
-	$(VENV)/bin/soundwarden-models evaluate --bundle models/pretrained/cry-detector \
-		--data tests/fixtures/audio --split all
-	@echo "Events the edge would publish for the shipped cry and spoken digit (JSON lines):"
-	$(EDGE_VENV)/bin/soundwarden-edge detect --bundle models/pretrained/cry-detector \
-		--device demo tests/fixtures/audio/cry/donateacry_ios_045c5483.wav \
-		tests/fixtures/audio/other/fsdd_3_theo_10.wav
-	@echo "Open $(DEMO_OUT)/spectrogram.png to see what the model hears."
+# The whole loop on this machine: the cloud (SQLite, embedded MQTT broker), an edge daemon
+# replaying shipped recordings, events printed as they arrive; Ctrl-C stops it all.
+# `make demo-mic` listens to the microphone instead; DEMO_ARGS passes more (see --help).
+demo: system-packages $(VENV)/.installed
+	$(VENV)/bin/python scripts/demo.py --out $(DEMO_OUT)/run $(DEMO_ARGS)
+
+demo-mic: system-packages $(VENV)/.installed
+	$(VENV)/bin/python scripts/demo.py --out $(DEMO_OUT)/run --mic $(DEMO_ARGS)
 
 test: system-packages $(VENV)/.installed $(EDGE_VENV)/.installed $(TFLITE_VENV)/.installed \
 	lint typecheck pytest
