@@ -1,7 +1,13 @@
-"""The MQTT bridge: what the fleet publishes, into the database.
+"""The MQTT bridge: what the fleet publishes, into the database, and rollouts out to it.
 
-It subscribes (QoS 1) to every device's `events`, `status` and `availability` topics and records
-events as `Event` rows and the rest on the `Device` row the devices pages show.
+It subscribes (QoS 1) to every device's `events`, `status`, `availability` and `model/state`
+topics and records events as `Event` rows and the rest on the `Device` row the devices pages
+show; a model/state also moves the device's rollouts on (cloud/rollout.py).
+
+It is also the one publisher of `model/set`: what rollouts owe devices waits in the database
+until the bridge has published it, retained at QoS 1, and the broker has acknowledged it. It
+looks after each model/state it stores and every second, so a rollout started, resumed or
+aborted while the bridge was down or disconnected reaches the devices once it is back.
 
 Nothing a device publishes while the cloud is down is lost: the bridge keeps a persistent session
 (`clean_session=False` under a stable client id), so the broker queues QoS 1 messages for it, and
@@ -24,6 +30,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -39,15 +46,25 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session as Db
 from sqlalchemy.orm import sessionmaker
 
+from cloud import rollout
 from cloud.core.config import Settings
 from cloud.core.metrics import MQTT_MESSAGES
 from cloud.tables import Device, Event
-from models.contract import OFFLINE, ONLINE, EventPayload, StatusPayload
+from models.contract import (
+    OFFLINE,
+    ONLINE,
+    EventPayload,
+    ModelStatePayload,
+    StatusPayload,
+    model_set_topic,
+)
 
 log = logging.getLogger(__name__)
 
 Result = Literal["ok", "duplicate", "unknown_device", "malformed", "error"]
-KINDS = ("events", "status", "availability")
+KINDS = ("events", "status", "availability", "model/state")
+PUBLISH_EVERY_S = 1.0  # how often owed model/set messages are looked for
+PUBLISH_TIMEOUT_S = 10.0  # for the broker's acknowledgement of one
 
 
 class MalformedMessageError(ValueError):
@@ -182,14 +199,67 @@ class MqttBridge:
         self._queue.put(msg)
 
     def _work(self) -> None:
-        while (msg := self._queue.get()) is not None:
-            if self._handle(msg.topic, bytes(msg.payload)):
-                self._client.ack(msg.mid, msg.qos)
+        due = time.monotonic()
+        while True:
+            try:
+                msg = self._queue.get(timeout=max(0.0, due - time.monotonic()))
+            except queue.Empty:
+                pass
+            else:
+                if msg is None:
+                    return
+                if self._handle(msg.topic, bytes(msg.payload)):
+                    self._client.ack(msg.mid, msg.qos)
+                # A model/state may have moved a rollout on: publish that at once.
+                if not msg.topic.endswith("/model/state") and time.monotonic() < due:
+                    continue
+            self._publish_owed()
+            due = time.monotonic() + PUBLISH_EVERY_S
+
+    def _publish_owed(self) -> None:
+        """Publish the model/set messages rollouts owe, in order, each marked sent only once
+        the broker has it; the first that fails leaves itself and the rest for the next try."""
+        if not self._connected:
+            return
+        try:
+            with self._sessions() as db:
+                owed = rollout.owed(db)
+                db.commit()
+            for message in owed:
+                with self._sessions() as db:
+                    rollout.sending(db, message)
+                    db.commit()
+                if not self._publish(model_set_topic(message.device_id, self._prefix), message):
+                    return
+                with self._sessions() as db:
+                    rollout.settle(db, message)
+                    db.commit()
+        except SQLAlchemyError as exc:
+            log.warning("model/set messages not published: database error (%s)", exc)
+
+    def _publish(self, topic: str, message: rollout.Owed) -> bool:
+        info = self._client.publish(topic, message.payload, qos=1, retain=True)
+        try:
+            info.wait_for_publish(PUBLISH_TIMEOUT_S)
+        except (RuntimeError, ValueError) as exc:  # not connected, or paho's queue is full
+            log.warning("model/set to %s not published (%s); trying again", topic, exc)
+            return False
+        if not info.is_published():
+            log.warning("the broker did not acknowledge the model/set to %s; trying again", topic)
+            return False
+        log.info(
+            "published model/set to %s for rollout %d",
+            message.device_id,
+            message.rollout_id,
+            extra={"device": message.device_id, "rollout": message.rollout_id},
+        )
+        return True
 
     def _handle(self, topic: str, payload: bytes) -> bool:
         """Store one message, count it, and say whether it may be acknowledged: not when the
         database stayed unreachable until the bridge stopped, so that it comes again."""
-        device, _, kind = topic.removeprefix(f"{self._prefix}/").rpartition("/")
+        # Device ids hold no "/" (cloud.accounts.NAME_PATTERN); kinds may (model/state).
+        device, _, kind = topic.removeprefix(f"{self._prefix}/").partition("/")
         retry_s = 1.0
         while True:
             try:
@@ -240,6 +310,8 @@ class MqttBridge:
                 result = self._store_event(db, device, payload)
             elif kind == "status":
                 result = self._store_status(db, device, payload)
+            elif kind == "model/state":
+                result = self._store_model_state(db, device, payload)
             else:
                 result = self._store_availability(db, device, payload)
             db.commit()
@@ -287,6 +359,19 @@ class MqttBridge:
         device.status_at = status.at
         device.model_name, device.model_version = status.model.name, status.model.version
         device.spool_depth = status.spool.depth
+        return "ok"
+
+    def _store_model_state(self, db: Db, device_id: str, payload: bytes) -> Result:
+        report = ModelStatePayload.model_validate_json(payload)
+        _check_device(report.device, device_id)
+        _check_utc(report.at)
+        device = db.get(Device, device_id)
+        if device is None:
+            return "unknown_device"
+        device.model_state = report.model_dump(mode="json")
+        device.model_state_at = report.at
+        device.model_name, device.model_version = report.installed.name, report.installed.version
+        rollout.on_model_state(db, device_id, report)
         return "ok"
 
     def _store_availability(self, db: Db, device_id: str, payload: bytes) -> Result:

@@ -92,6 +92,10 @@ def _create_user(args: argparse.Namespace) -> int:
 def _add_device(args: argparse.Namespace) -> int:
     with _database() as db:
         token = accounts.add_device(db, args.device)
+        if args.group is not None:
+            device = db.get(Device, args.device)
+            assert device is not None  # just added
+            device.group = accounts.check_name("group", args.group)
     print(f"enrolled {args.device!r}; its token (shown only now, put it in the device's config):")
     print(token)
     return 0
@@ -116,7 +120,8 @@ def _devices(args: argparse.Namespace) -> int:
     with _database() as db:
         for device in db.scalars(select(Device).order_by(Device.id)):
             state = "revoked" if device.revoked_at else "active"
-            print(f"{device.id}\t{state}\tenrolled {device.created_at:%Y-%m-%d %H:%M} UTC")
+            enrolled = f"enrolled {device.created_at:%Y-%m-%d %H:%M} UTC"
+            print(f"{device.id}\t{state}\t{device.group or '-'}\t{enrolled}")
     return 0
 
 
@@ -182,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("add-device", help="enrol a device and print its token once")
     p.add_argument("device", help="the device id it publishes as")
+    p.add_argument("--group", help="put it in this group (rollouts can target a group)")
     p.set_defaults(func=_add_device)
 
     p = sub.add_parser("rotate-token", help="give a device a new token (the old one stops)")
@@ -192,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device")
     p.set_defaults(func=_revoke_device)
 
-    p = sub.add_parser("devices", help="list enrolled devices")
+    p = sub.add_parser("devices", help="list enrolled devices: id, state, group, enrolment")
     p.set_defaults(func=_devices)
 
     p = sub.add_parser("migrate", help="bring the database schema up to date")

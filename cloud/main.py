@@ -20,6 +20,7 @@ from cloud.api.routes import (
     jobs,
     labels,
     ops,
+    rollouts,
     spectrograms,
     users,
 )
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         clips,
         events,
         registry_routes,
+        rollouts,
         jobs,
         imports,
         labels,

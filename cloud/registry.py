@@ -72,6 +72,11 @@ def archive_path(settings: Settings, row: ModelVersion) -> Path:
     return _store(settings) / row.name / f"{row.name}-{row.version}.tar.gz"
 
 
+def archive_size(settings: Settings, row: ModelVersion) -> int:
+    """Bytes of the .tar.gz a device downloads."""
+    return archive_path(settings, row).stat().st_size
+
+
 def register(
     db: Db, settings: Settings, source: Path, *, sign: bool, job_id: int | None = None
 ) -> ModelVersion:
@@ -91,7 +96,7 @@ def register(
         except BundleError as exc:
             raise RegistryError(f"not registered: {exc}") from exc
         name, version = manifest.name, manifest.version
-        if _find(db, name, version) is not None:
+        if find(db, name, version) is not None:
             raise RegistryError(f"{name} {version} is in the registry already")
         target = _store(settings) / name / version
         if target.exists():  # left by a registration that crashed before its row was written
@@ -121,7 +126,7 @@ def seed_pretrained(db: Db, settings: Settings) -> None:
         # Only the name and version, to look it up: `register` verifies what it registers, so
         # a start with the bundles registered already hashes nothing.
         manifest = Manifest.model_validate_json((folder / MANIFEST_NAME).read_bytes())
-        if _find(db, manifest.name, manifest.version) is None:
+        if find(db, manifest.name, manifest.version) is None:
             try:
                 row = register(db, settings, folder, sign=False)
                 row.promoted_at = utcnow()
@@ -130,14 +135,15 @@ def seed_pretrained(db: Db, settings: Settings) -> None:
                 db.rollback()
 
 
-def _find(db: Db, name: str, version: str) -> ModelVersion | None:
+def find(db: Db, name: str, version: str) -> ModelVersion | None:
+    """`name` `version` if the registry has it."""
     return db.scalar(
         select(ModelVersion).where(ModelVersion.name == name, ModelVersion.version == version)
     )
 
 
 def get(db: Db, name: str, version: str) -> ModelVersion:
-    row = _find(db, name, version)
+    row = find(db, name, version)
     if row is None:
         raise RegistryError(f"no model {name} {version}")
     return row

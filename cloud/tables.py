@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -14,6 +14,9 @@ from cloud.core.db import Base
 Role = Literal["admin", "labeller"]
 ROLES: tuple[Role, ...] = ("admin", "labeller")
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+RolloutState = Literal["running", "paused", "completed", "aborted"]
+ACTIVE_ROLLOUT: tuple[RolloutState, ...] = ("running", "paused")
+MemberState = Literal["waiting", "notified", "healthy", "failed"]
 
 
 def utcnow() -> datetime:
@@ -93,6 +96,9 @@ class Device(Base):
     spool_depth: Mapped[int | None] = mapped_column(default=None)
     last_event_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
     last_event_label: Mapped[str | None] = mapped_column(String(64), default=None)
+    group: Mapped[str | None] = mapped_column(String(64), index=True, default=None)
+    model_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    model_state_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
 
 
 class Label(Base):
@@ -226,3 +232,73 @@ class ModelVersion(Base):
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     promoted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+
+
+class Rollout(Base):
+    """A registry bundle going out to devices, stage by stage (see cloud/rollout.py)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        # At most one running or paused rollout per model, even for two promotions at once.
+        Index(
+            "ux_rollouts_active",
+            "model_name",
+            unique=True,
+            sqlite_where=text("state IN ('running', 'paused')"),
+            postgresql_where=text("state IN ('running', 'paused')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(32))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    base_url: Mapped[str] = mapped_column(Text)  # where devices reach this service
+    group: Mapped[str | None] = mapped_column(String(64), default=None)
+    stages: Mapped[list[str]] = mapped_column(JSON)
+    stage: Mapped[int] = mapped_column(default=-1)  # the latest stage notified; -1: none yet
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str] = mapped_column(Text, default="")  # why it is paused or aborted
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+
+
+class RolloutDevice(Base):
+    """One device of a rollout: its stage, where it stands, and the model/set it is owed."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (
+        # The MQTT bridge looks for owed messages every second.
+        Index(
+            "ix_rollout_devices_owed",
+            "rollout_id",
+            sqlite_where=text("outbox IS NOT NULL"),
+            postgresql_where=text("outbox IS NOT NULL"),
+        ),
+    )
+
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    stage: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    previous_version: Mapped[str | None] = mapped_column(String(32), default=None)
+    # The retained model/set the MQTT bridge must publish next: a ModelSetPayload's JSON, or ""
+    # to clear the topic; null when nothing is owed.
+    outbox: Mapped[str | None] = mapped_column(Text, default=None)
+    # When the bridge first handed this rollout's model/set to the broker: from then on the
+    # device may have it, so an abort must send it the old version back.
+    notified_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)
+    # The device's latest model/state naming this rollout.
+    update_state: Mapped[str | None] = mapped_column(String(16), default=None)
+    progress: Mapped[float | None] = mapped_column(Float, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    reported_at: Mapped[datetime | None] = mapped_column(UtcDateTime, default=None)

@@ -122,7 +122,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from models.training.anomaly import train_anomaly
-    from models.training.recipes import RECIPES
+    from models.training.recipes import RECIPES, YOLO_CONFIGS
     from models.training.trainer import train_recipe
     from models.training.yolo import train_yolo
 
@@ -131,7 +131,7 @@ def _train(args: argparse.Namespace) -> int:
     recipe = RECIPES[args.recipe]
     trainer = {
         "conv_autoencoder": train_anomaly,
-        "yolov8n_cls": train_yolo,
+        **dict.fromkeys(YOLO_CONFIGS, train_yolo),
     }.get(recipe.architecture, train_recipe)
     bundle_dir, manifest = trainer(
         recipe,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request, status
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session as Db
 
 from cloud import accounts
@@ -25,9 +26,22 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def refused_value(exc: DataError) -> HTTPException:
+    """A value the database cannot take, wherever in the request it came from: text with a NUL
+    character (PostgreSQL's text cannot hold one; SQLite's can). The request is at fault, not
+    the service: a 422, not a 500."""
+    return HTTPException(
+        status.HTTP_422_UNPROCESSABLE_CONTENT,
+        f"a value in the request cannot be stored or looked up: {exc.orig}",
+    )
+
+
 def get_db(request: Request) -> Iterator[Db]:
     with request.app.state.sessions() as db:
-        yield db
+        try:
+            yield db
+        except DataError as exc:
+            raise refused_value(exc) from None
 
 
 def get_storage(request: Request) -> ClipStorage:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -22,10 +22,14 @@ from cloud import labelling, spectrogram
 from cloud.api.deps import DbDep, Login, SettingsDep, current_login
 from cloud.api.routes import auth
 from cloud.api.routes import events as events_api
+from cloud.api.routes import registry as registry_api
+from cloud.api.routes import rollouts as rollouts_api
+from cloud.api.routes.jobs import JobId, log_tail
 from cloud.api.routes.labels import decode_cursor, encode_cursor
 from cloud.core.security import new_token, same
+from cloud.jobs.train import ARCHITECTURES, TrainParams
 from cloud.splits import PERCENT, SPLITS
-from cloud.tables import Clip, Device
+from cloud.tables import Clip, Device, Job, ModelVersion, User
 from models.evaluate import EDGE_HOP_S
 from models.frontend import FrontendConfig
 
@@ -35,6 +39,8 @@ TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 LOGIN_CSRF_COOKIE = "soundwarden_login_csrf"
 PAGE_SIZE = 50
 EVENTS_PAGE_SIZE = 100
+JOBS_PAGE_SIZE = 50
+JOB_LOG_LINES = 200
 SPEEDS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 N_FFTS = (256, 512, 1024, 2048)
 OVERLAPS = (0.0, 0.5, 0.75, 0.9)
@@ -44,6 +50,8 @@ _FEATURES = FrontendConfig()
 WINDOW_S = _FEATURES.window_samples / _FEATURES.sample_rate
 
 router = APIRouter(include_in_schema=False)
+# Where a paged list (events, jobs) starts: bounded like the API's, so a made-up URL gets a 422.
+PageOffset = Annotated[int, Query(ge=0, le=events_api.MAX_OFFSET)]
 
 
 def page_login(request: Request, db: DbDep) -> Login:
@@ -292,8 +300,9 @@ def stats_page(request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
 
 
 @router.get("/events")
-def events_page(request: Request, login: PageLogin, db: DbDep, offset: int = 0) -> HTMLResponse:
-    offset = max(0, offset)
+def events_page(
+    request: Request, login: PageLogin, db: DbDep, offset: PageOffset = 0
+) -> HTMLResponse:
     events = events_api.events_page(db, EVENTS_PAGE_SIZE, offset)
     ids = {e.clip_id for e in events if e.clip_id}
     clips = {c.id: c for c in db.scalars(select(Clip).where(Clip.id.in_(ids)))} if ids else {}
@@ -306,3 +315,180 @@ def events_page(request: Request, login: PageLogin, db: DbDep, offset: int = 0) 
         offset=offset,
         page_size=EVENTS_PAGE_SIZE,
     )
+
+
+@router.get("/jobs")
+def jobs_page(
+    request: Request,
+    login: PageLogin,
+    db: DbDep,
+    offset: PageOffset = 0,
+) -> HTMLResponse:
+    jobs = db.execute(
+        select(Job, User.username)
+        .outerjoin(User, Job.created_by == User.id)
+        .order_by(Job.id.desc())
+        .offset(offset)
+        .limit(JOBS_PAGE_SIZE)
+    ).all()
+    return _render(
+        request,
+        "jobs.html",
+        login,
+        jobs=jobs,
+        offset=offset,
+        page_size=JOBS_PAGE_SIZE,
+        labels=labelling.label_counts(db),
+        models=db.scalars(select(ModelVersion.name).distinct().order_by(ModelVersion.name)).all(),
+        architectures=ARCHITECTURES,
+        defaults=TrainParams(),
+        fields=TrainParams.model_json_schema()["properties"],
+    )
+
+
+def _job(db: DbDep, job_id: int) -> tuple[Job, str | None]:
+    found = db.execute(
+        select(Job, User.username)
+        .outerjoin(User, Job.created_by == User.id)
+        .where(Job.id == job_id)
+    ).first()
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
+    job, username = found
+    return job, username
+
+
+def _has_report(job: Job) -> bool:
+    return job.kind == "train" and job.state == "succeeded" and "comparison" in (job.result or {})
+
+
+@router.get("/jobs/{job_id}")
+def job_page(job_id: JobId, request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
+    job, username = _job(db, job_id)
+    return _render(
+        request,
+        "job.html",
+        login,
+        job=job,
+        username=username,
+        log_tail=log_tail(job.log, JOB_LOG_LINES),
+        log_lines=JOB_LOG_LINES,
+        params=json.dumps(job.params, indent=2),
+        result=json.dumps(job.result, indent=2) if job.result is not None else None,
+        can_cancel=job.state in ("queued", "running")
+        and (login.user.role == "admin" or job.created_by == login.user.id),
+        report=_has_report(job),
+    )
+
+
+# What a training job's plots (drawn by models/training) show; others are shown by file name.
+PLOT_CAPTIONS = {
+    "training_curves.png": "Training curves: loss per epoch, and validation ROC-AUC",
+    "val_confusion.png": "Confusion matrix: validation windows, INT8 model, at its threshold",
+    "val_roc_pr.png": "ROC and precision-recall curves: validation windows, INT8 model",
+}
+FALSE_ALARMS = "False alarms per hour of negative audio"  # the one line where less is better
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One line of the side-by-side comparison; `deployed` is None without a deployed model."""
+
+    name: str
+    new: float
+    deployed: float | None
+
+    @property
+    def better(self) -> bool | None:
+        """Whether the new model does better on this line (None: nothing to compare, or a tie)."""
+        if self.deployed is None or self.new == self.deployed:
+            return None
+        return (self.new > self.deployed) != (self.name == FALSE_ALARMS)
+
+
+def _headline(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers the report compares, from a summary `cloud.jobs.train` keeps of a model on
+    the held-out test clips."""
+    return {
+        "Clip ROC-AUC": summary["clip"]["roc_auc"],
+        "Clip accuracy": summary["clip"]["accuracy"],
+        "Clip macro F1": summary["clip"]["macro_f1"],
+        "Window ROC-AUC": summary["window_roc_auc"],
+        FALSE_ALARMS: summary["false_alarms_per_hour"],
+    }
+
+
+@router.get("/jobs/{job_id}/report")
+def training_report_page(
+    job_id: JobId, request: Request, login: PageLogin, db: DbDep
+) -> HTMLResponse:
+    job, username = _job(db, job_id)
+    if not _has_report(job):
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"job {job_id} is not a finished training job"
+        )
+    assert job.result is not None  # _has_report
+    comparison = job.result["comparison"]
+    new, deployed = comparison["new"], comparison.get("deployed")
+    before = _headline(deployed) if deployed else {}
+    return _render(
+        request,
+        "report.html",
+        login,
+        job=job,
+        username=username,
+        result=job.result,
+        # per_class keeps the model's label order, which is the confusion matrices' too.
+        labels=list(new["per_class"]),
+        splits=SPLITS,
+        new=new,
+        deployed=deployed,
+        rows=[MetricRow(name, value, before.get(name)) for name, value in _headline(new).items()],
+        plots=[(name, PLOT_CAPTIONS.get(name, name)) for name in job.result["plots"]],
+        architectures=ARCHITECTURES,
+    )
+
+
+# --- models and rollouts: pages over the registry and rollouts API ---------------------------
+
+ROLLOUTS_PAGE_SIZE = 50
+LATEST_ROLLOUTS = 5
+
+
+@router.get("/models")
+def models_page(request: Request, login: PageLogin, db: DbDep) -> HTMLResponse:
+    groups = select(Device.group).where(Device.group.is_not(None)).distinct().order_by(Device.group)
+    return _render(
+        request,
+        "models.html",
+        login,
+        models=registry_api.list_models(login.user, db),
+        rollouts=rollouts_api.list_rollouts(login.user, db, LATEST_ROLLOUTS, 0),
+        groups=db.scalars(groups).all(),
+        stages=", ".join(rollouts_api.RolloutRequest().stages),
+    )
+
+
+@router.get("/rollouts")
+def rollouts_page(
+    request: Request,
+    login: PageLogin,
+    db: DbDep,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> HTMLResponse:
+    return _render(
+        request,
+        "rollouts.html",
+        login,
+        rollouts=rollouts_api.list_rollouts(login.user, db, ROLLOUTS_PAGE_SIZE, offset),
+        offset=offset,
+        page_size=ROLLOUTS_PAGE_SIZE,
+    )
+
+
+@router.get("/rollouts/{rollout_id}")
+def rollout_page(
+    rollout_id: rollouts_api.RolloutId, request: Request, login: PageLogin, db: DbDep
+) -> HTMLResponse:
+    rollout = rollouts_api.get_rollout(rollout_id, login.user, db)
+    return _render(request, "rollout.html", login, rollout=rollout)

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
         "unset: no MQTT bridge.",
     )
     mqtt_prefix: str = Field("soundwarden", description="Topic prefix the devices use.")
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        max_length=200,
+        description="The base URL devices reach this service at, e.g. https://cloud.example.org "
+        "(bundle URLs in model/set messages start with it); unset: the base URL of the request "
+        "that starts the rollout.",
+    )
     embedded_broker_port: int | None = Field(
         None,
         ge=1,

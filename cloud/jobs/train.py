@@ -26,11 +26,18 @@ from cloud.splits import SPLITS, split_of
 from cloud.tables import Clip
 from models.bundle import Manifest, load_bundle, sign_bundle, update_manifest
 from models.frontend import FrontendConfig
-from models.training.recipes import RECIPES, Recipe, Source
+from models.training.recipes import RECIPES, YOLO_CONFIGS, Recipe, Source
 
 DATASET = "labelled"
 MIN_CLIPS_PER_LABEL_AND_SPLIT = 1
-Architecture = Literal["compact_cnn", "conv_attention", "yolov8n_cls"]
+Architecture = Literal["compact_cnn", "conv_attention", "yolov8n_cls", "yolov8s_cls"]
+# What the API's description and the console's form call each architecture.
+ARCHITECTURES: dict[Architecture, str] = {
+    "compact_cnn": "compact CNN (the edge's)",
+    "conv_attention": "1D-CNN + attention",
+    "yolov8n_cls": "YOLOv8n-cls on spectrogram images",
+    "yolov8s_cls": "YOLOv8s-cls on spectrogram images (about 3.5x the parameters of n)",
+}
 
 
 class TrainParams(BaseModel):
@@ -46,8 +53,7 @@ class TrainParams(BaseModel):
     )
     architecture: Architecture = Field(
         "compact_cnn",
-        description="compact_cnn (the edge's CNN), conv_attention (1D-CNN + attention) or "
-        "yolov8n_cls (YOLOv8n classification on spectrogram images).",
+        description="; ".join(f"{key}: {name}" for key, name in ARCHITECTURES.items()) + ".",
     )
     epochs: int = Field(20, ge=1, le=500, description="Maximum epochs (early stopping on val).")
     version: str | None = Field(
@@ -63,7 +69,7 @@ def run_dir(settings: Settings, job_id: int) -> Path:
 
 
 class TrainingStoppedError(Exception):
-    """Raised between epochs when the job is cancelled or the service stops."""
+    """Raised between stages and epochs when the job is cancelled or the service stops."""
 
 
 def export_dataset(ctx: JobContext, labels: list[str], root: Path) -> dict[str, dict[str, int]]:
@@ -119,7 +125,8 @@ def recipe_for(params: TrainParams) -> Recipe:
         sources=sources,
         features=FrontendConfig(normalisation="window_mean"),
     )
-    labels = sorted(params.labels) if params.architecture == "yolov8n_cls" else params.labels
+    # ultralytics orders classes by folder name.
+    labels = sorted(params.labels) if params.architecture in YOLO_CONFIGS else params.labels
     return base.model_copy(
         update={
             "labels": labels,
@@ -134,6 +141,13 @@ def recipe_for(params: TrainParams) -> Recipe:
 
 @job("train")
 def train(ctx: JobContext) -> dict[str, Any]:
+    try:
+        return _train(ctx)
+    except TrainingStoppedError:
+        return {"stopped": True}
+
+
+def _train(ctx: JobContext) -> dict[str, Any]:
     from models.evaluate import evaluate
     from models.training.trainer import train_recipe
     from models.training.yolo import train_yolo
@@ -161,25 +175,22 @@ def train(ctx: JobContext) -> dict[str, Any]:
         if ctx.cancelled():
             raise TrainingStoppedError
 
-    ctx.progress(0.1, f"training {recipe.architecture}")
-    try:
-        if recipe.architecture == "yolov8n_cls":
-            bundle_dir, manifest = train_yolo(
-                recipe, data.parent, work / "out", version=version, epochs=params.epochs
-            )
-        else:
-            bundle_dir, manifest = train_recipe(
-                recipe,
-                data.parent,
-                work / "out",
-                version=version,
-                epochs=params.epochs,
-                on_epoch=on_epoch,
-            )
-    except TrainingStoppedError:
-        return {"stopped": True}
+    _stage(ctx, 0.1, f"training {recipe.architecture}")
+    if recipe.architecture in YOLO_CONFIGS:
+        bundle_dir, manifest = train_yolo(
+            recipe, data.parent, work / "out", version=version, epochs=params.epochs
+        )
+    else:
+        bundle_dir, manifest = train_recipe(
+            recipe,
+            data.parent,
+            work / "out",
+            version=version,
+            epochs=params.epochs,
+            on_epoch=on_epoch,
+        )
 
-    ctx.progress(0.85, "evaluating on the held-out test clips")
+    _stage(ctx, 0.85, "evaluating on the held-out test clips")
     # Signed here so it can be opened (and so evaluated) like any bundle; the manifest then
     # gains its test metrics and is signed again on registration.
     sign_bundle(bundle_dir, registry.cloud_signing_key(ctx.settings))
@@ -190,7 +201,7 @@ def train(ctx: JobContext) -> dict[str, Any]:
         comparison["deployed"] = {"version": deployed.version, **_summary(before)}
     update_manifest(bundle_dir, metrics={**manifest.metrics, "test": test})
 
-    ctx.progress(0.95, "signing and registering")
+    _stage(ctx, 0.95, "signing and registering")
     with ctx.sessions() as db:
         row = registry.register(db, ctx.settings, bundle_dir, sign=True, job_id=ctx.job_id)
         db.commit()
@@ -204,6 +215,17 @@ def train(ctx: JobContext) -> dict[str, Any]:
         "plots": sorted(p.name for p in run.glob("*.png")),
         "history": _history(run),
     }
+
+
+def _stage(ctx: JobContext, fraction: float, message: str) -> None:
+    """The start of a stage: a checkpoint (a cancelled job stops here, before it registers a
+    model nobody wants), reported and logged at once, since progress is written at most every
+    PROGRESS_INTERVAL_S and the next report may be minutes away (features, a YOLO run)."""
+    if ctx.cancelled():
+        raise TrainingStoppedError
+    ctx.progress(fraction, message)
+    ctx.log(message)
+    ctx.flush()
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from models.audio import SILENCE_BELOW_PEAK_DB, SILENCE_FLOOR_DBFS
 from models.frontend import FrontendConfig
 
+# The YOLOv8 classification sizes on offer (models/training/yolo.py) and the ultralytics
+# configuration each is built from, from scratch: n (1.4M parameters for two classes), s (5.1M).
+YOLO_CONFIGS = {"yolov8n_cls": "yolov8n-cls.yaml", "yolov8s_cls": "yolov8s-cls.yaml"}
+
 
 class Source(BaseModel):
     """Clips of one dataset folder (some or all of its labels) mapped to one target label."""
@@ -71,10 +75,10 @@ class Recipe(BaseModel):
         SILENCE_FLOOR_DBFS, description="Positive windows below this are dropped."
     )
     augmentation: Augmentation = Field(default_factory=Augmentation, description="See class.")
-    architecture: Literal["compact_cnn", "conv_attention", "conv_autoencoder", "yolov8n_cls"] = (
-        Field("compact_cnn", description="Network.")
-    )
-    image_size: int = Field(64, description="yolov8n_cls: side of the rendered spectrogram.")
+    architecture: Literal[
+        "compact_cnn", "conv_attention", "conv_autoencoder", "yolov8n_cls", "yolov8s_cls"
+    ] = Field("compact_cnn", description="Network.")
+    image_size: int = Field(64, description="yolov8*_cls: side of the rendered spectrogram.")
     network_options: dict[str, int] = Field(
         default_factory=dict, description="Extra network arguments, e.g. {'width': 48}."
     )

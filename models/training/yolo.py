@@ -1,9 +1,10 @@
 """YOLOv8 classification on spectrogram images: the "full" cloud model.
 
-ultralytics' `yolov8n-cls.yaml`, trained from scratch and offline on images rendered from the
-same front end as every other model. The exported bundle wraps the network with that rendering,
-so it takes the bundle's log-mel windows like any other model: evaluate, the benchmarks and the
-edge need no special case. Exported to ONNX float and INT8 at a small image size for the edge.
+ultralytics' `yolov8n-cls.yaml` or `yolov8s-cls.yaml` (`YOLO_CONFIGS`), trained from scratch and
+offline on images rendered from the same front end as every other model. The exported bundle
+wraps the network with that rendering, so it takes the bundle's log-mel windows like any other
+model: evaluate, the benchmarks and the edge need no special case. Exported to ONNX float and
+INT8 at a small image size for the edge.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from models.training.data import (
 )
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
 from models.training.nets import parameter_count
-from models.training.recipes import Recipe
+from models.training.recipes import YOLO_CONFIGS, Recipe
 from models.training.trainer import calibrate_threshold, start_run, write_recipe_bundle
 
 IMAGE_RANGE_DB = 40.0  # window-mean normalised dB in [-40, 40] map to [0, 1]
@@ -78,11 +79,11 @@ def features_to_images(features: torch.Tensor, size: int) -> torch.Tensor:
 class YoloOnFeatures(nn.Module):
     """A trained YOLO classifier behind the spectrogram rendering: windows in, probabilities out."""
 
-    def __init__(self, classifier: nn.Module, image_size: int) -> None:
+    def __init__(self, classifier: nn.Module, architecture: str, image_size: int) -> None:
         super().__init__()
         self.classifier = classifier
         self.image_size = image_size
-        self.spec = {"architecture": "yolov8n_cls", "image_size": image_size}
+        self.spec = {"architecture": architecture, "image_size": image_size}
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.classifier(features_to_images(features, self.image_size))
@@ -157,7 +158,8 @@ def train_yolo(
     _render(val_clean, val_y, recipe.labels, images / "val", image_size)
 
     ultralytics = _ultralytics(run_dir / "ultralytics-config")
-    yolo = ultralytics.YOLO("yolov8n-cls.yaml")
+    config = YOLO_CONFIGS[recipe.architecture]
+    yolo = ultralytics.YOLO(config)
     yolo.train(
         data=str(images),
         epochs=epochs or recipe.epochs,
@@ -186,7 +188,7 @@ def train_yolo(
     best = ultralytics.YOLO(str(Path(yolo.trainer.best)))  # our own file, written just now
     classifier = best.model.float().eval()
     classifier.model[-1].export = True  # the Classify head returns probabilities only
-    model = YoloOnFeatures(classifier, image_size).eval()
+    model = YoloOnFeatures(classifier, recipe.architecture, image_size).eval()
 
     calibration = train_x[
         rng.choice(len(train_x), min(CALIBRATION_WINDOWS, len(train_x)), replace=False)
@@ -197,7 +199,7 @@ def train_yolo(
     )
     training = {
         "recipe": recipe.model_dump(mode="json"),
-        "architecture": "ultralytics yolov8n-cls.yaml from scratch, on "
+        "architecture": f"ultralytics {config} from scratch, on "
         f"{image_size}x{image_size} renderings of the log-mel window",
         "parameters": parameter_count(model),
         "windows": {"train": len(train_windows), "val": len(val_windows)},

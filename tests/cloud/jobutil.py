@@ -1,11 +1,21 @@
-"""Waiting for background jobs through the API, with a deadline (never a fixed sleep)."""
+"""Background jobs in tests: waiting for them through the API, with a deadline (never a fixed
+sleep), and labelled clips a training job can split honestly."""
 
 from __future__ import annotations
 
+import io
 import time
+from pathlib import Path
 from typing import Any
 
+import soundfile as sf
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from cloud.splits import split_of
+from models.audio import load_mono
+from tests.cloud.clipdata import add_clip, add_labels
+from tests.conftest import CRY_8K_ORIGIN, CRY_FULL_BAND, MUSIC, SPEECH
 
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -24,3 +34,34 @@ def wait_job(
             return job
         assert time.monotonic() < deadline, f"job {job_id} not {states} in {timeout_s} s: {job}"
         time.sleep(0.05)
+
+
+def group_in(split: str, stem: str) -> str:
+    """A group id (a device name) that `split_of` puts in `split`."""
+    return next(f"{stem}-{n}" for n in range(1000) if split_of(f"{stem}-{n}") == split)
+
+
+def _flac(path: Path) -> bytes:
+    out = io.BytesIO()
+    sf.write(out, load_mono(path), 16000, format="FLAC")
+    return out.getvalue()
+
+
+def seed_training_clips(app: FastAPI, splits: tuple[str, ...]) -> None:
+    """Labels cry and other; per split two cry clips and two other clips, from devices in
+    that split."""
+    with app.state.sessions() as db:
+        add_labels(db, ("cry", 1), ("other", 2))
+        for split in splits:
+            group = group_in(split, "pi")
+            for n, (label, path) in enumerate(
+                [
+                    ("cry", CRY_FULL_BAND),
+                    ("cry", CRY_8K_ORIGIN),
+                    ("other", SPEECH),
+                    ("other", MUSIC),
+                ]
+            ):
+                clip = add_clip(db, app.state.storage, f"{split}-{n}", group_id=group, label=label)
+                app.state.storage.put(clip.audio_key, _flac(path))
+        db.commit()

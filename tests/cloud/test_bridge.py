@@ -37,6 +37,7 @@ from models.contract import (
     WindowCounts,
     availability_topic,
     events_topic,
+    model_state_topic,
     status_topic,
 )
 from tests.cloud.conftest import enrol, signed_in
@@ -219,12 +220,13 @@ def test_bad_messages_are_counted_and_skipped_and_strangers_recorded(
     naive = {**json.loads(_status("nursery", 1)), "at": "2025-03-01T02:30:00"}
     publish(status_topic("nursery"), json.dumps(naive))  # a time without its UTC offset
     publish(availability_topic("nursery"), "maybe")
+    publish(model_state_topic("nursery"), '{"device": "nursery", "state": "installed"}')
     publish(events_topic("stranger"), _event("stranger", "ep3"))
     publish(events_topic("stranger"), _event("stranger", "ep3", "end"))
     publish(events_topic("nursery"), _event("nursery", "ep4"))
 
     wait_for(lambda: len(_events(admin, device="nursery")) == 1)
-    assert _mqtt_messages(admin, result="malformed") == malformed + 5
+    assert _mqtt_messages(admin, result="malformed") == malformed + 6
     assert _mqtt_messages(admin, result="unknown_device") == unknown + 2
     assert [e["type"] for e in _events(admin, device="stranger")] == ["end", "start"]
     recent = _events(admin, label="cry", since=(T0 + timedelta(seconds=1)).isoformat())
@@ -233,7 +235,12 @@ def test_bad_messages_are_counted_and_skipped_and_strangers_recorded(
 
     bad_topics = [r.topic for r in caplog.records if r.getMessage().startswith("malformed")]
     assert bad_topics.count("soundwarden/nursery/events") == 3
-    assert {"soundwarden/nursery/status", "soundwarden/nursery/availability"} <= set(bad_topics)
+    assert {
+        "soundwarden/nursery/status",
+        "soundwarden/nursery/availability",
+        "soundwarden/nursery/model/state",
+    } <= set(bad_topics)
+    assert _mqtt_messages(admin, kind="model/state", result="malformed") >= 1
     strangers = [r for r in caplog.records if "not enrolled" in r.getMessage()]
     assert len(strangers) == 1  # once per device, not per message
 

@@ -4,17 +4,23 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from cloud.api.deps import SESSION_COOKIE
 from cloud.console.routes import LOGIN_CSRF_COOKIE
-from cloud.tables import Event
+from cloud.jobs import create_job
+from cloud.splits import SPLITS
+from cloud.tables import Event, User
 from tests.cloud.clipdata import T0, seed
 from tests.cloud.conftest import PASSWORD, add_user
+from tests.cloud.jobutil import seed_training_clips, wait_job
 
-PAGES = ("/", "/clips/c1", "/labels", "/stats", "/events")
+PAGES = ("/", "/clips/c1", "/labels", "/stats", "/events", "/jobs")
 
 
 def form_token(page: str) -> str:
@@ -134,3 +140,124 @@ def test_labels_stats_and_events_pages(
     events = labeller.get("/events").text
     assert re.findall(r'data-clip="([^"]+)"', events) == ["c1"]
     assert "false positive (other)" in events
+
+
+def table(page: str, table_id: str) -> list[list[str]]:
+    """The text of each row's cells in the table with this id."""
+    found = re.search(rf'<table[^>]* id="{table_id}">(.*?)</table>', page, re.S)
+    assert found, table_id
+    return [
+        [
+            re.sub(r"<[^>]+>|\s+", " ", cell).strip()
+            for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)
+        ]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", found.group(1), re.S)
+    ]
+
+
+def test_jobs_pages_list_jobs_offer_training_and_say_why_one_failed(
+    app: FastAPI, admin: TestClient, labeller: TestClient
+) -> None:
+    seed_training_clips(app, ("train",))  # too few labels for an honest split: it fails
+    failed = admin.post("/api/v1/jobs/train", json={"epochs": 1}).json()["id"]
+    assert wait_job(admin, failed)["state"] == "failed"
+    with app.state.sessions() as db:
+        lee = db.scalar(select(User).where(User.username == "lee"))
+        queued = create_job(db, "train", {"epochs": 1}, lee).id  # never handed to a runner
+        db.commit()
+
+    jobs = admin.get("/jobs").text
+    assert '<a href="/jobs">Jobs</a>' in jobs
+    rows = table(jobs, "jobs")
+    assert [row[:3] + row[-1:] for row in rows[1:]] == [
+        [str(queued), "train", "queued", "lee"],
+        [str(failed), "train", "failed", "ada"],
+    ]
+    assert "none in val/cry" in rows[2][4]
+    # Every network the API accepts is on the form, and the form's defaults are the API's.
+    for architecture in ("compact_cnn", "conv_attention", "yolov8n_cls", "yolov8s_cls"):
+        assert f'<option value="{architecture}"' in jobs
+    assert 'name="epochs" type="number" value="20" min="1" max="500"' in jobs
+    assert 'name="positive" value="cry" checked' in jobs
+    assert 'id="train"' not in labeller.get("/jobs").text
+
+    page = labeller.get(f"/jobs/{failed}").text
+    assert "Why it failed" in page and "none in val/cry" in page
+    assert "Traceback" in page and "ValueError" in page  # the log says where
+    assert 'id="job-cancel"' not in page and 'data-ended="yes"' in page
+    assert 'id="report-link"' not in page
+    assert labeller.get(f"/jobs/{failed}/report").status_code == 404
+    assert labeller.get("/jobs/999999").status_code == 404
+
+    # Cancelling is for the job's creator and admins, while it has not ended.
+    assert 'id="job-cancel"' in labeller.get(f"/jobs/{queued}").text
+    assert 'id="job-cancel"' in admin.get(f"/jobs/{queued}").text
+    admin.post(f"/api/v1/jobs/{queued}/cancel")
+    page = labeller.get(f"/jobs/{queued}").text
+    assert 'id="job-cancel"' not in page and "cancelled before it started" in page
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # training is the slow part
+def test_training_report_shows_the_metrics_the_comparison_and_the_plots(
+    app: FastAPI, admin: TestClient, labeller: TestClient
+) -> None:
+    seed_training_clips(app, SPLITS)
+    job_id = admin.post("/api/v1/jobs/train", json={"epochs": 1}).json()["id"]
+    job = wait_job(admin, job_id, timeout_s=300)
+    assert job["state"] == "succeeded", job["message"]
+    result = job["result"]
+    new, deployed = result["comparison"]["new"], result["comparison"]["deployed"]
+    assert 'id="report-link"' in labeller.get(f"/jobs/{job_id}").text
+
+    page = labeller.get(f"/jobs/{job_id}/report").text
+    assert f"cry-detector {result['model']['version']}" in page
+    assert f'id="threshold">{result["threshold"]:.4f}<' in page
+    assert table(page, "counts")[1:] == [["cry", "2", "2", "2"], ["other", "2", "2", "2"]]
+
+    def f(value: float) -> str:
+        return f"{value:.3f}"
+
+    rows = table(page, "comparison")
+    assert rows[0] == [
+        "Test clips",
+        f"New {result['model']['version']}",
+        "Deployed 1.1.0",
+        "Change",
+    ]
+
+    def headline(s: dict[str, Any]) -> list[float]:
+        clip = s["clip"]
+        return [
+            *(clip[m] for m in ("roc_auc", "accuracy", "macro_f1")),
+            s["window_roc_auc"],
+            s["false_alarms_per_hour"],
+        ]
+
+    names = ["Clip ROC-AUC", "Clip accuracy", "Clip macro F1", "Window ROC-AUC"]
+    names += ["False alarms per hour of negative audio"]
+    assert [row[:3] for row in rows[1:6]] == [
+        [name, f(n), f(d)]
+        for name, n, d in zip(names, headline(new), headline(deployed), strict=True)
+    ]
+    baseline = new["majority_baseline"]
+    assert rows[6] == [
+        f"Always guessing {baseline['predicts']} (accuracy / macro F1)",
+        f"{f(baseline['accuracy'])} / {f(baseline['macro_f1'])}",
+    ]
+
+    per_class = table(page, "per-class")
+    for row, label in zip(per_class[1:], ("cry", "other"), strict=True):
+        n, d = new["per_class"][label], deployed["per_class"][label]
+        assert row == [
+            label,
+            str(n["support"]),
+            *(f(n[m]) for m in ("precision", "recall", "f1")),
+            *(f(d[m]) for m in ("precision", "recall", "f1")),
+        ]
+
+    plots = re.findall(r'<img src="([^"]+)"', page)
+    assert plots == [f"/api/v1/jobs/{job_id}/plots/{name}" for name in result["plots"]]
+    assert len(plots) == 3
+    for url in plots:
+        png = labeller.get(url)
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")

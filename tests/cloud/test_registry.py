@@ -67,8 +67,15 @@ def test_a_trained_bundle_is_signed_by_the_cloud_and_promoted(
     assert stored.signed_by in cloud_keys.ids
 
     assert labeller.post("/api/v1/models/cry-detector/2.0.0/promote").status_code == 403
-    promoted = admin.post("/api/v1/models/cry-detector/2.0.0/promote")
-    assert promoted.status_code == 200 and promoted.json()["current"]
+    # Promoting rolls the model out over MQTT (tests/cloud/test_rollouts.py): with no broker
+    # to tell the devices through, nothing is promoted.
+    refused = admin.post("/api/v1/models/cry-detector/2.0.0/promote")
+    assert refused.status_code == 409 and "no MQTT broker" in refused.json()["detail"]
+    assert not admin.get("/api/v1/models/cry-detector/2.0.0").json()["current"]
+    with app.state.sessions() as db:
+        registry.promote(db, "cry-detector", "2.0.0")
+        db.commit()
+    assert admin.get("/api/v1/models/cry-detector/2.0.0").json()["current"]
     old = admin.get("/api/v1/models/cry-detector/1.1.0").json()
     assert not old["current"]
     compared = admin.get(

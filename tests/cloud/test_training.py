@@ -1,24 +1,23 @@
 """A training job from labelled clips: splits by group, a signed bundle in the registry, the
-comparison with the deployed model on the same test clips, and a clear failure when the
-labels cannot support an honest split. SQLite only: training is the slow part, not the store."""
+comparison with the deployed model on the same test clips, a clear failure when the labels
+cannot support an honest split, and every network offered (YOLOv8s-cls among them). SQLite
+only: training is the slow part, not the store."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import get_args
 
 import pytest
-import soundfile as sf
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from cloud import registry
-from cloud.splits import SPLITS, split_of
-from models.audio import load_mono
-from tests.cloud.clipdata import add_clip, add_labels
-from tests.cloud.jobutil import wait_job
-from tests.conftest import CRY_8K_ORIGIN, CRY_FULL_BAND, MUSIC, SPEECH
+from cloud.jobs.train import ARCHITECTURES, Architecture
+from cloud.splits import SPLITS
+from models.training.recipes import YOLO_CONFIGS, Recipe
+from tests.cloud.jobutil import seed_training_clips, wait_job
 
 
 @pytest.fixture
@@ -26,40 +25,10 @@ def database_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'cloud.db'}"
 
 
-def _group_in(split: str, stem: str) -> str:
-    """A group id (a device name) that `split_of` puts in `split`."""
-    return next(f"{stem}-{n}" for n in range(1000) if split_of(f"{stem}-{n}") == split)
-
-
-def _flac(path: Path) -> bytes:
-    out = io.BytesIO()
-    sf.write(out, load_mono(path), 16000, format="FLAC")
-    return out.getvalue()
-
-
-def _seed(app: FastAPI, splits: tuple[str, ...]) -> None:
-    """Per split: two cry clips and two other clips, from devices in that split."""
-    with app.state.sessions() as db:
-        add_labels(db, ("cry", 1), ("other", 2))
-        for split in splits:
-            group = _group_in(split, "pi")
-            for n, (label, path) in enumerate(
-                [
-                    ("cry", CRY_FULL_BAND),
-                    ("cry", CRY_8K_ORIGIN),
-                    ("other", SPEECH),
-                    ("other", MUSIC),
-                ]
-            ):
-                clip = add_clip(db, app.state.storage, f"{split}-{n}", group_id=group, label=label)
-                app.state.storage.put(clip.audio_key, _flac(path))
-        db.commit()
-
-
 def test_training_registers_a_signed_bundle_compared_with_the_deployed_one(
     app: FastAPI, admin: TestClient, labeller: TestClient
 ) -> None:
-    _seed(app, SPLITS)
+    seed_training_clips(app, SPLITS)
     body = {"name": "cry-detector", "labels": ["cry", "other"], "epochs": 2}
     assert labeller.post("/api/v1/jobs/train", json=body).status_code == 403
     started = admin.post("/api/v1/jobs/train", json=body)
@@ -95,8 +64,38 @@ def test_training_registers_a_signed_bundle_compared_with_the_deployed_one(
 def test_training_without_clips_in_every_split_fails_and_says_why(
     app: FastAPI, admin: TestClient
 ) -> None:
-    _seed(app, ("train",))
+    seed_training_clips(app, ("train",))
     started = admin.post("/api/v1/jobs/train", json={"epochs": 1})
     job = wait_job(admin, started.json()["id"])
     assert job["state"] == "failed"
     assert "none in val/cry" in job["message"] and "label clips from more" in job["message"]
+
+
+def test_every_network_the_api_takes_has_a_name_and_a_trainer() -> None:
+    assert set(ARCHITECTURES) == set(get_args(Architecture))  # the console's form offers each
+    assert set(YOLO_CONFIGS) <= set(get_args(Recipe.model_fields["architecture"].annotation))
+
+
+def test_yolov8s_is_offered_and_trains_a_bigger_network_than_n(
+    app: FastAPI, admin: TestClient, tmp_path: Path
+) -> None:
+    from models.training.yolo import _ultralytics
+
+    seed_training_clips(app, SPLITS)
+    unknown = admin.post("/api/v1/jobs/train", json={"architecture": "yolov8x_cls"})
+    assert unknown.status_code == 422
+    body = {"architecture": "yolov8s_cls", "epochs": 1, "version": "2.0.0-s"}
+    started = admin.post("/api/v1/jobs/train", json=body)
+    assert started.status_code == 202, started.text
+    job = wait_job(admin, started.json()["id"], timeout_s=300)
+    assert job["state"] == "succeeded", job["message"] + job["log_tail"]
+
+    with app.state.sessions() as db:
+        row = registry.get(db, "cry-detector", "2.0.0-s")
+    training = registry.open_bundle(app.state.settings, row).manifest.training
+    assert "yolov8s-cls.yaml" in training["architecture"]
+    # n as the job would build it for the same two labels, untrained.
+    ultralytics = _ultralytics(tmp_path / "ultralytics-config")
+    n = ultralytics.nn.tasks.ClassificationModel(YOLO_CONFIGS["yolov8n_cls"], nc=2, verbose=False)
+    n_parameters = sum(p.numel() for p in n.parameters())
+    assert training["parameters"] > 3 * n_parameters

@@ -11,11 +11,20 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response, 
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session as Db
 from sqlalchemy.orm import sessionmaker
 from starlette.datastructures import UploadFile
 
-from cloud.api.deps import DbDep, StorageDep, UserDep, current_device, get_settings, get_storage
+from cloud.api.deps import (
+    DbDep,
+    StorageDep,
+    UserDep,
+    current_device,
+    get_settings,
+    get_storage,
+    refused_value,
+)
 from cloud.core.metrics import CLIPS
 from cloud.ingest import MEDIA_TYPES, IngestError, ingest, read_limited
 from cloud.labelling import ClipFilter
@@ -133,6 +142,9 @@ async def upload_clip(
     except HTTPException:  # no valid token
         _count("rejected")
         raise
+    except DataError as exc:  # its sessions are its own, not get_db's
+        _count("rejected")
+        raise refused_value(exc) from None
     except Exception:
         _count("failed")
         raise

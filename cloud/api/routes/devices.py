@@ -1,15 +1,17 @@
-"""The fleet: enrolment, token rotation and revocation (admin), and what each device reports."""
+"""The fleet: enrolment, groups, token rotation and revocation (admin), and what each device
+reports."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from cloud import accounts
+from cloud.accounts import NAME_PATTERN
 from cloud.api.deps import AdminDep, DbDep, UserDep
 from cloud.tables import Device
 
@@ -20,6 +22,7 @@ class DeviceOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    group: str | None = Field(description="Its group, which rollouts can target.")
     created_at: datetime
     revoked_at: datetime | None
     online: bool | None = Field(description="Last retained availability; null if never heard.")
@@ -32,12 +35,27 @@ class DeviceOut(BaseModel):
     last_event_at: datetime | None
     last_event_label: str | None
     last_upload_at: datetime | None
+    model_state: dict[str, Any] | None = Field(
+        description="The last model/state: installed model and how an update is going."
+    )
+    model_state_at: datetime | None
+
+
+# Device ids and group names: what `soundwarden-cloud add-device` accepts.
+Name = Annotated[str, Field(pattern=NAME_PATTERN.pattern)]
 
 
 class NewDevice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=64, description="The device id it publishes as.")
+    group: Name | None = Field(None, description="Its group, which rollouts can target.")
+
+
+class DeviceChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    group: Name | None = Field(description="Its group, which rollouts can target; null: none.")
 
 
 class DeviceToken(BaseModel):
@@ -72,8 +90,18 @@ def add_device(body: NewDevice, _: AdminDep, db: DbDep) -> DeviceToken:
         token = accounts.add_device(db, body.id)
     except accounts.AccountError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    get_device_or_404(db, body.id).group = body.group
     db.commit()
     return DeviceToken(id=body.id, token=token)
+
+
+@router.patch("/{device_id}", responses={404: {"description": "No such device"}})
+def change_device(device_id: str, body: DeviceChange, _: AdminDep, db: DbDep) -> DeviceOut:
+    """Put the device in a group (rollouts can target one), or in none."""
+    device = get_device_or_404(db, device_id)
+    device.group = body.group
+    db.commit()
+    return DeviceOut.model_validate(device)
 
 
 @router.post("/{device_id}/token", responses={404: {"description": "No such device"}})

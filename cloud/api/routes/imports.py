@@ -51,7 +51,11 @@ Group = Annotated[
 class FolderImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(min_length=1, description="A folder on the server; read recursively.")
+    path: str = Field(
+        min_length=1,
+        pattern=r"^[^\x00]+$",  # no file system takes a NUL in a name; os calls raise on one
+        description="A folder on the server; read recursively.",
+    )
     segment_s: float = Field(5.0, description="Clip length, seconds.")
     overlap_s: float = Field(0.0, description="Seconds each clip shares with the previous one.")
     group: str | None = Field(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -32,6 +32,9 @@ def get_runner(request: Request) -> JobRunner:
 
 
 JobsDep = Annotated[JobRunner, Depends(get_runner)]
+# jobs.id is a 32-bit integer on PostgreSQL: a larger id fails inside the driver (and past 2**63
+# on SQLite), a 500 where "no such job" is the answer.
+JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="The job's id.")]
 
 
 class JobOut(BaseModel):
@@ -67,6 +70,11 @@ def queue(db: Db, runner: JobRunner, row: Job) -> JobOut:
     return queued
 
 
+def log_tail(log: str, lines: int) -> str:
+    """The last `lines` lines of a job's log (the console's job page shows the same)."""
+    return "".join(log.splitlines(keepends=True)[-lines:]) if lines else ""
+
+
 def _get(db: Db, job_id: int) -> Job:
     row = db.get(Job, job_id)
     if row is None:
@@ -93,14 +101,15 @@ def list_jobs(
 
 @router.get("/{job_id}", responses=_NOT_FOUND)
 def get_job(
-    job_id: int,
+    job_id: JobId,
     _: UserDep,
     db: DbDep,
     log_lines: Annotated[int, Query(ge=0, le=10_000)] = 100,
 ) -> JobDetail:
     row = _get(db, job_id)
-    tail = "".join(row.log.splitlines(keepends=True)[-log_lines:]) if log_lines else ""
-    return JobDetail(**JobOut.model_validate(row).model_dump(), log_tail=tail)
+    return JobDetail(
+        **JobOut.model_validate(row).model_dump(), log_tail=log_tail(row.log, log_lines)
+    )
 
 
 @router.post(
@@ -111,7 +120,7 @@ def get_job(
         409: {"description": "The job has ended already"},
     },
 )
-def cancel_job(job_id: int, user: UserDep, db: DbDep) -> JobOut:
+def cancel_job(job_id: JobId, user: UserDep, db: DbDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next checkpoint (its
     `finished_at` is set when it has). Admins cancel any job, others their own."""
     row = _get(db, job_id)
@@ -154,7 +163,9 @@ def start_training(body: TrainParams, user: AdminDep, db: DbDep, jobs: JobsDep) 
     response_class=FileResponse,
     responses={404: {"description": "No such job or plot"}, 200: {"content": {"image/png": {}}}},
 )
-def job_plot(job_id: int, name: str, _: UserDep, db: DbDep, settings: SettingsDep) -> FileResponse:
+def job_plot(
+    job_id: JobId, name: str, _: UserDep, db: DbDep, settings: SettingsDep
+) -> FileResponse:
     """A plot a training job drew (training curves, confusion matrix, ROC/PR curves)."""
     row = _get(db, job_id)
     if name not in (row.result or {}).get("plots", []):

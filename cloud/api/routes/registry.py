@@ -7,13 +7,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, HTTPException, Query, UploadFile, status
+from fastapi import APIRouter, Body, File, HTTPException, Query, Request, UploadFile, status
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from cloud import registry
+from cloud import registry, rollout
 from cloud.api.deps import AdminDep, DbDep, DeviceOrUserDep, SettingsDep, UserDep
+from cloud.api.routes.rollouts import RolloutDetail, RolloutRequest, detail, http_error
+from cloud.bridge import broker_url
 from cloud.tables import ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -105,12 +107,21 @@ def get_model(name: str, version: str, _: UserDep, db: DbDep) -> ModelOut:
 @router.get(
     "/{name}/{version}/bundle.tar.gz",
     response_class=FileResponse,
-    responses={**_NOT_FOUND, 200: {"content": {"application/gzip": {}}}},
+    responses={
+        **_NOT_FOUND,
+        200: {"content": {"application/gzip": {}}},
+        206: {
+            "description": "The part a `Range` header asked for",
+            "content": {"application/gzip": {}},
+        },
+        416: {"description": "The range is past the end of the file"},
+    },
 )
 def download(
     name: str, version: str, _: DeviceOrUserDep, db: DbDep, settings: SettingsDep
 ) -> FileResponse:
-    """The signed bundle; devices use their token, people their session."""
+    """The signed bundle; devices use their token, people their session. A download cut
+    short resumes with `Range: bytes=<bytes so far>-`."""
     row = _get(db, name, version)
     return FileResponse(
         registry.archive_path(settings, row),
@@ -120,13 +131,50 @@ def download(
     )
 
 
-@router.post("/{name}/{version}/promote", responses=_NOT_FOUND)
-def promote(name: str, version: str, _: AdminDep, db: DbDep) -> ModelOut:
-    """Make this version the fleet's current one (rolling it out is the update path's job)."""
-    _get(db, name, version)
-    row = registry.promote(db, name, version)
+@router.post(
+    "/{name}/{version}/promote",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **_NOT_FOUND,
+        400: {"description": "Unknown, revoked or listed-twice devices; stages too short"},
+        409: {"description": "A rollout of this model is running or paused; no MQTT broker"},
+    },
+)
+def promote(
+    name: str,
+    version: str,
+    user: AdminDep,
+    db: DbDep,
+    settings: SettingsDep,
+    request: Request,
+    body: Annotated[RolloutRequest | None, Body()] = None,
+) -> RolloutDetail:
+    """Make this version the fleet's current one and roll it out (see /api/v1/rollouts): the
+    first stage is told at once over MQTT (`<prefix>/<device>/model/set`), with a bundle URL
+    under `public_url` (default: this request's base URL)."""
+    row = _get(db, name, version)
+    if broker_url(settings) is None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            "no MQTT broker to tell the devices through: set SOUNDWARDEN_MQTT_URL",
+        )
+    asked = body or RolloutRequest()
+    try:
+        created = rollout.create(
+            db,
+            settings,
+            row,
+            stages=asked.stages,
+            group=asked.group,
+            device_ids=asked.devices,
+            base_url=settings.public_url or str(request.base_url),
+            created_by=user.id,
+        )
+    except rollout.RolloutError as exc:
+        raise http_error(exc) from None
+    registry.promote(db, name, version)
     db.commit()
-    return _out(db, row)
+    return detail(db, created)
 
 
 @router.post(

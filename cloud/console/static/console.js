@@ -313,3 +313,69 @@ if (page === "events") {
     }),
   );
 }
+
+// --- jobs: start a training job ---------------------------------------------------------------
+
+if (page === "jobs") {
+  document.getElementById("train")?.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData(event.target);
+    const positive = form.get("positive");
+    // The API takes the labels with the positive one first.
+    const others = form.getAll("labels").filter((name) => name !== positive);
+    const body = {
+      name: form.get("name"),
+      architecture: form.get("architecture"),
+      epochs: Number(form.get("epochs")),
+      labels: positive ? [positive, ...others] : others,
+      version: form.get("version") || null,
+    };
+    const job = await api("POST", "/api/v1/jobs/train", body);
+    if (job) location.href = `/jobs/${job.id}`;
+  });
+}
+
+// --- one job: follow its progress and log until it ends --------------------------------------
+
+if (page === "job") {
+  const root = document.getElementById("job");
+  const url = `/api/v1/jobs/${root.dataset.jobId}?log_lines=${root.dataset.logLines}`;
+  const state = document.getElementById("job-state");
+  const POLL_MS = 1000;
+
+  async function poll() {
+    const response = await fetch(url, { credentials: "same-origin" }).catch(() => null);
+    if (response?.ok) {
+      const job = await response.json();
+      // Ended (a cancelled job once it has stopped): the page itself shows the outcome.
+      if (job.finished_at) {
+        location.reload();
+        return;
+      }
+      state.textContent = job.state;
+      state.className = `state ${job.state}`;
+      document.getElementById("job-progress").value = job.progress;
+      document.getElementById("job-percent").textContent = `${Math.round(job.progress * 100)} %`;
+      document.getElementById("job-message").textContent = job.message;
+      const log = document.getElementById("job-log");
+      const following = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.textContent = job.log_tail;
+      if (following) log.scrollTop = log.scrollHeight;
+    } else if (response?.status === 401) {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname);
+      return;
+    }
+    setTimeout(poll, POLL_MS); // a failed poll (server restarting) is simply tried again
+  }
+
+  document.getElementById("job-cancel")?.addEventListener("click", async (event) => {
+    if (!confirm("Cancel this job?")) return;
+    if (await api("POST", `/api/v1/jobs/${root.dataset.jobId}/cancel`)) {
+      event.target.disabled = true;
+      flash("Cancelling: the job stops at its next checkpoint.");
+    }
+  });
+  const log = document.getElementById("job-log");
+  log.scrollTop = log.scrollHeight;
+  if (!root.dataset.ended) setTimeout(poll, POLL_MS);
+}
