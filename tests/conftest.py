@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from models.bundle import write_bundle
 from models.frontend import FrontendConfig
+from tests.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_AUDIO = REPO / "tests" / "fixtures" / "audio"
@@ -24,6 +26,17 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip(f"development datasets not found at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto of the test's own on a free loopback port."""
+    folder = tmp_path / "mosquitto"
+    folder.mkdir()
+    server = Mosquitto(folder)
+    server.start()
+    yield server
+    server.stop()
 
 
 def write_test_bundle(tmp_path: Path, name: str = "bundle") -> Path:

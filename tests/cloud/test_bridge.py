@@ -98,14 +98,6 @@ def _mqtt_messages(client: TestClient | httpx.Client, **labels: str) -> float:
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def settings(settings: Settings, broker: Mosquitto) -> Settings:
     return settings.model_copy(update={"mqtt_url": f"mqtt://127.0.0.1:{broker.port}"})
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
 from cloud.core.config import Settings
@@ -28,14 +26,6 @@ from tests.edge.test_daemon import finish, room, start_daemon, write_config, wri
 from tests.mosquitto import Mosquitto, Subscriber, wait_for
 
 DEVICE = "nursery"
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _prepared_cloud(tmp_path: Path, broker: Mosquitto) -> tuple[dict[str, str], str]:

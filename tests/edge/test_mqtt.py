@@ -7,25 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from edge.config import MqttConfig
 from edge.mqtt import MqttLink
 from edge.spool import Spool
 from tests.conftest import REPO
 from tests.mosquitto import Mosquitto, Subscriber, tls_files, wait_for
-
-
-@pytest.fixture()
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _config(broker: Mosquitto, **overrides: object) -> MqttConfig:

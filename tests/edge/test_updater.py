@@ -25,10 +25,9 @@ from models.contract import EventPayload, ModelSetPayload, ModelStatePayload, St
 from models.frontend import FrontendConfig
 from tests.bundles import SHIPPED_KEYS, BundleServer, make_bundle, pack, signing_key
 from tests.conftest import CRY_FULL_BAND
-from tests.edge.test_daemon import broker, finish, room, start_daemon, write_config, write_wav
+from tests.edge.test_daemon import finish, room, start_daemon, write_config, write_wav
 from tests.mosquitto import Mosquitto, Subscriber, wait_for
 
-__all__ = ["broker"]  # the fixture, shared with test_daemon
 pytest.importorskip("onnx")
 TOKEN = "device-token-for-tests"
 STATE = "soundwarden/nursery/model/state"
