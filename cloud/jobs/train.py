@@ -166,11 +166,13 @@ def _train(ctx: JobContext) -> dict[str, Any]:
 
     def on_epoch(entry: dict[str, float], max_epochs: int) -> None:
         epoch = int(entry["epoch"])
-        ctx.progress(
-            0.1 + 0.7 * epoch / max_epochs,
-            f"epoch {epoch}/{max_epochs}: train loss {entry['train_loss']:.4f}, "
-            f"val ROC-AUC {entry['val_roc_auc']:.4f}",
+        # The compact CNNs report validation ROC-AUC, YOLO its top-1 accuracy.
+        measures = ", ".join(
+            f"{name.replace('_', ' ')} {value:.4f}"
+            for name, value in entry.items()
+            if name in ("train_loss", "val_roc_auc", "val_accuracy")
         )
+        ctx.progress(0.1 + 0.7 * epoch / max_epochs, f"epoch {epoch}/{max_epochs}: {measures}")
         ctx.log(ctx.message)
         if ctx.cancelled():
             raise TrainingStoppedError
@@ -178,7 +180,12 @@ def _train(ctx: JobContext) -> dict[str, Any]:
     _stage(ctx, 0.1, f"training {recipe.architecture}")
     if recipe.architecture in YOLO_CONFIGS:
         bundle_dir, manifest = train_yolo(
-            recipe, data.parent, work / "out", version=version, epochs=params.epochs
+            recipe,
+            data.parent,
+            work / "out",
+            version=version,
+            epochs=params.epochs,
+            on_epoch=on_epoch,
         )
     else:
         bundle_dir, manifest = train_recipe(

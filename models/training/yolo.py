@@ -10,6 +10,7 @@ INT8 at a small image size for the edge.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,16 @@ def _render(
             Image.fromarray(image).save(folder / names[labels[index]] / f"{index:06d}.png")
 
 
+def _epoch_entry(trainer: Any) -> dict[str, float]:
+    """What ultralytics' trainer knows after an epoch, in the shape of `train_recipe`'s history."""
+    return {
+        "epoch": trainer.epoch + 1,
+        # The epoch's mean training loss, one entry per loss term (classification has one).
+        "train_loss": sum(float(v) for v in trainer.tloss.values()),
+        "val_accuracy": float(trainer.metrics.get("metrics/accuracy_top1", float("nan"))),
+    }
+
+
 def train_yolo(
     recipe: Recipe,
     data_root: Path,
@@ -117,9 +128,12 @@ def train_yolo(
     max_train_windows: int | None = None,
     threads: int = 2,
     tflite_python: Path | None = None,
+    on_epoch: Callable[[dict[str, float], int], None] | None = None,
 ) -> tuple[Path, Manifest]:
     """`tflite_python` is accepted for a uniform trainer signature; YOLO gets no TFLite files
-    (the converter environment has no ultralytics), which the training summary records."""
+    (the converter environment has no ultralytics), which the training summary records.
+    `on_epoch(entry, max epochs)` follows progress after each epoch (epoch, train loss,
+    validation top-1 accuracy); raising in it stops the run."""
     if recipe.labels != sorted(recipe.labels):
         raise ValueError("ultralytics orders classes by folder name: recipe labels must be sorted")
     rng, run_dir = start_run(recipe, out_dir, threads)
@@ -160,6 +174,13 @@ def train_yolo(
     ultralytics = _ultralytics(run_dir / "ultralytics-config")
     config = YOLO_CONFIGS[recipe.architecture]
     yolo = ultralytics.YOLO(config)
+    if on_epoch is not None:
+        report = on_epoch  # bound for the closure, which mypy cannot see is not None
+
+        def after_epoch(trainer: Any) -> None:
+            report(_epoch_entry(trainer), trainer.epochs)
+
+        yolo.add_callback("on_fit_epoch_end", after_epoch)
     yolo.train(
         data=str(images),
         epochs=epochs or recipe.epochs,

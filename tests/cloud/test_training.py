@@ -89,6 +89,7 @@ def test_yolov8s_is_offered_and_trains_a_bigger_network_than_n(
     assert started.status_code == 202, started.text
     job = wait_job(admin, started.json()["id"], timeout_s=300)
     assert job["state"] == "succeeded", job["message"] + job["log_tail"]
+    assert "epoch 1/1: train loss" in job["log_tail"] and "val accuracy" in job["log_tail"]
 
     with app.state.sessions() as db:
         row = registry.get(db, "cry-detector", "2.0.0-s")
