@@ -350,9 +350,7 @@ class MqttBridge:
 
     def _store_status(self, db: Db, device_id: str, payload: bytes) -> Result:
         status = StatusPayload.model_validate_json(payload)
-        _check_device(status.device, device_id)
-        _check_utc(status.at)
-        device = db.get(Device, device_id)
+        device = _reporting_device(db, device_id, status.device, status.at)
         if device is None:
             return "unknown_device"
         device.status = status.model_dump(mode="json")
@@ -363,9 +361,7 @@ class MqttBridge:
 
     def _store_model_state(self, db: Db, device_id: str, payload: bytes) -> Result:
         report = ModelStatePayload.model_validate_json(payload)
-        _check_device(report.device, device_id)
-        _check_utc(report.at)
-        device = db.get(Device, device_id)
+        device = _reporting_device(db, device_id, report.device, report.at)
         if device is None:
             return "unknown_device"
         device.model_state = report.model_dump(mode="json")
@@ -383,6 +379,14 @@ class MqttBridge:
         device.online = payload == ONLINE.encode()
         device.availability_at = datetime.now(UTC)
         return "ok"
+
+
+def _reporting_device(db: Db, topic_device: str, named: str, at: datetime) -> Device | None:
+    """The enrolled device a retained report (status, model state) is from, once the payload
+    is checked to name it and to carry a UTC time; None for a device not enrolled."""
+    _check_device(named, topic_device)
+    _check_utc(at)
+    return db.get(Device, topic_device)
 
 
 def _check_device(named: str, topic_device: str) -> None:

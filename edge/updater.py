@@ -79,10 +79,6 @@ class Candidate:
     model: BundleModel
 
 
-def model_ref(manifest: Manifest) -> ModelRef:
-    return ModelRef(name=manifest.name, version=manifest.version)
-
-
 class UpdateReporter:
     """Holds the update's state and publishes it (retained) on every change, from any thread."""
 

@@ -178,24 +178,15 @@ def _train(ctx: JobContext) -> dict[str, Any]:
             raise TrainingStoppedError
 
     _stage(ctx, 0.1, f"training {recipe.architecture}")
-    if recipe.architecture in YOLO_CONFIGS:
-        bundle_dir, manifest = train_yolo(
-            recipe,
-            data.parent,
-            work / "out",
-            version=version,
-            epochs=params.epochs,
-            on_epoch=on_epoch,
-        )
-    else:
-        bundle_dir, manifest = train_recipe(
-            recipe,
-            data.parent,
-            work / "out",
-            version=version,
-            epochs=params.epochs,
-            on_epoch=on_epoch,
-        )
+    trainer = train_yolo if recipe.architecture in YOLO_CONFIGS else train_recipe
+    bundle_dir, manifest = trainer(
+        recipe,
+        data.parent,
+        work / "out",
+        version=version,
+        epochs=params.epochs,
+        on_epoch=on_epoch,
+    )
 
     _stage(ctx, 0.85, "evaluating on the held-out test clips")
     # Signed here so it can be opened (and so evaluated) like any bundle; the manifest then
