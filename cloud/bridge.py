@@ -21,12 +21,18 @@ back the rest) instead of stalling keepalives. While the database is unreachable
 retries the message in hand with backoff; one the database refuses for good (or that breaks the
 contract) is logged, counted and skipped. One worker keeps the acknowledgements in arrival order,
 as MQTT wants.
+
+There is one bridge per fleet, whatever the number of processes serving its database
+(`serve --workers N`, services on several machines): two would share the client id and kick
+each other off the broker. The processes elect it with a lock (cloud/leadership.py); the others
+stand by and one of them takes over within seconds of the leader's death.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import ssl
 import threading
@@ -49,6 +55,7 @@ from sqlalchemy.orm import sessionmaker
 from cloud import rollout
 from cloud.core.config import Settings
 from cloud.core.metrics import MQTT_MESSAGES
+from cloud.leadership import LeaderLock, leader_lock
 from cloud.tables import Device, Event
 from models.contract import (
     OFFLINE,
@@ -65,6 +72,7 @@ Result = Literal["ok", "duplicate", "unknown_device", "malformed", "error"]
 KINDS = ("events", "status", "availability", "model/state")
 PUBLISH_EVERY_S = 1.0  # how often owed model/set messages are looked for
 PUBLISH_TIMEOUT_S = 10.0  # for the broker's acknowledgement of one
+LEAD_CHECK_S = 2.0  # how often a process standing by tries for the lead, and the leader checks it
 
 
 class MalformedMessageError(ValueError):
@@ -401,10 +409,85 @@ def _check_utc(*times: datetime | None) -> None:
         raise MalformedMessageError("times must carry their UTC offset")
 
 
+def bridge_lock(settings: Settings) -> LeaderLock:
+    """The lock that elects the bridge: one per database and fleet prefix, as the prefix makes
+    the bridge's MQTT client id."""
+    name = f"soundwarden-mqtt-bridge-{settings.mqtt_prefix}"
+    return leader_lock(settings.db_url, name, settings.data_dir)
+
+
+class ElectedBridge:
+    """The bridge of a fleet whose broker several processes share (`serve --workers N`, services
+    on several machines, all serving one database): whichever holds the leadership lock runs it,
+    the others stand by and try for the lock every LEAD_CHECK_S, so within seconds of the
+    leader's death (however it died) another one leads. All on a thread of its own: taking the
+    lock and stopping the bridge block."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Db]) -> None:
+        if settings.mqtt_url is None:
+            raise ValueError("no broker: set mqtt_url")
+        BrokerAddress.parse(settings.mqtt_url)  # a bad URL fails the start, not just a thread
+        self._settings = settings
+        self._sessions = sessions
+        self._lock = bridge_lock(settings)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mqtt-leadership", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the bridge if this process leads, and give the lock up."""
+        self._stopping.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        standing_by = unreachable = False
+        while not self._stopping.is_set():
+            try:
+                acquired = self._lock.acquire()
+            except SQLAlchemyError as exc:
+                if not unreachable:
+                    log.warning("MQTT bridge: no database to take the lead from (%s)", exc)
+                unreachable, acquired = True, False
+            else:
+                unreachable = False
+            if acquired:
+                log.info("MQTT bridge: this process (pid %d) leads", pid)
+                self._lead(pid)
+                standing_by = False
+            elif not standing_by and not unreachable:
+                log.info("MQTT bridge: this process (pid %d) is standing by; another leads", pid)
+                standing_by = True
+            self._stopping.wait(LEAD_CHECK_S)
+
+    def _lead(self, pid: int) -> None:
+        """Run the bridge until told to stop or the lock is lost (PostgreSQL: the connection
+        holding it broke, and another process may lead already)."""
+        try:
+            bridge = MqttBridge(self._settings, self._sessions)
+            bridge.start()
+        except Exception:
+            # Holding the lock without a bridge would leave the fleet with none at all.
+            log.exception("MQTT bridge did not start; giving the lead up")
+            self._lock.release()
+            return
+        try:
+            while not self._stopping.wait(LEAD_CHECK_S):
+                if not self._lock.held():
+                    log.error("MQTT bridge: this process (pid %d) lost its lock; stopping it", pid)
+                    break
+        finally:
+            bridge.stop()
+            self._lock.release()
+
+
 @asynccontextmanager
 async def mqtt_service(settings: Settings, sessions: sessionmaker[Db]) -> AsyncIterator[None]:
     """For the app's lifetime: the embedded demo broker when asked for, and the bridge when
-    there is a broker to bridge. Stopped in reverse order."""
+    there is a broker to bridge: for the fleet's broker in whichever process is elected, for
+    the embedded one (a one-process demo) in this one. Stopped in reverse order."""
     async with AsyncExitStack() as stack:
         if settings.embedded_broker_port is not None:
             from amqtt.broker import Broker  # only the demo pays for importing it
@@ -420,8 +503,12 @@ async def mqtt_service(settings: Settings, sessions: sessionmaker[Db]) -> AsyncI
             await broker.start()
             stack.push_async_callback(broker.shutdown)
             log.info("embedded MQTT broker listening on %s", bind)
-        if broker_url(settings):
+        bridge: MqttBridge | ElectedBridge | None = None
+        if settings.mqtt_url:
+            bridge = ElectedBridge(settings, sessions)
+        elif settings.embedded_broker_port is not None:
             bridge = MqttBridge(settings, sessions)
+        if bridge is not None:
             bridge.start()
             # Off the event loop: stopping blocks while the queue drains, and the embedded
             # broker the bridge may be talking to runs on this loop.

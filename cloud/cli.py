@@ -46,11 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format)
     settings = Settings()
-    if args.workers > 1 and (settings.mqtt_url or settings.embedded_broker_port is not None):
+    # With SOUNDWARDEN_MQTT_URL the workers elect one of them to run the bridge, but the
+    # embedded demo broker lives inside the process: each worker would start one, on one port.
+    if args.workers > 1 and settings.embedded_broker_port is not None:
         print(
-            "error: --workers would run the MQTT bridge once per worker (every event stored "
-            "that many times): serve the bridge from a one-worker `serve` and the uploads "
-            "from another without SOUNDWARDEN_MQTT_URL / SOUNDWARDEN_EMBEDDED_BROKER_PORT",
+            "error: --workers would run the MQTT bridge once per worker, each with its own "
+            "embedded demo broker on the one SOUNDWARDEN_EMBEDDED_BROKER_PORT: serve the demo "
+            "with one worker, or set SOUNDWARDEN_MQTT_URL to the fleet's broker (Mosquitto), "
+            "for which the workers elect one bridge",
             file=sys.stderr,
         )
         return 1
@@ -171,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="processes answering requests (default 1); one process is bound to about one "
-        "core, so more uploads per second need more (not with the MQTT bridge)",
+        "core, so more uploads per second need more. With SOUNDWARDEN_MQTT_URL one of them, "
+        "elected, runs the MQTT bridge (not with the embedded demo broker)",
     )
     p.set_defaults(func=_serve)
 

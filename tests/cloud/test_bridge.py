@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,10 +24,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session as Db
 
+from cloud import accounts
+from cloud.bridge import ElectedBridge, bridge_lock
 from cloud.core.config import Settings
 from cloud.core.db import make_engine
 from cloud.main import create_app
+from cloud.tables import Device, Event
 from edge.config import MqttConfig
 from edge.mqtt import MqttLink
 from edge.spool import Spool
@@ -380,3 +388,183 @@ def test_serve_logs_json_and_stops_the_bridge_cleanly_on_sigterm(
     assert any(e["logger"] == "uvicorn.access" for e in entries)
     messages = [e["message"] for e in entries]
     assert messages.index("MQTT bridge stopped") < messages.index("Application shutdown complete.")
+
+
+# One bridge among the processes serving a database: the leadership lock (cloud/leadership.py).
+
+# A process that takes the bridge's lock, says so, and waits to be killed.
+HOLD_THE_LOCK = """
+import time
+from cloud.bridge import bridge_lock
+from cloud.core.config import Settings
+assert bridge_lock(Settings()).acquire()
+print("holding", flush=True)
+time.sleep(300)
+"""
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    env = {**os.environ, "SOUNDWARDEN_DATA_DIR": str(settings.data_dir)}
+    env["SOUNDWARDEN_DATABASE_URL"] = settings.db_url
+    if settings.mqtt_url:
+        env["SOUNDWARDEN_MQTT_URL"] = settings.mqtt_url
+    return env
+
+
+def test_only_one_process_holds_the_bridge_lock_until_it_dies(settings: Settings) -> None:
+    first, second = bridge_lock(settings), bridge_lock(settings)
+    assert first.acquire()
+    assert not second.acquire()
+    other_fleet = bridge_lock(settings.model_copy(update={"mqtt_prefix": "elsewhere"}))
+    assert other_fleet.acquire()  # another prefix, another bridge
+    other_fleet.release()
+    first.release()
+    assert second.acquire()
+    assert second.held()
+    second.release()
+
+    # A holder that is killed, not stopped, lets go too: the kernel closes what it held.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK],
+        env=_settings_env(settings),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        assert not first.acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for(first.acquire, timeout_s=5)
+    first.release()
+
+
+def _lock_sessions(database_url: str) -> list[int]:
+    """The server processes holding advisory locks in the test's PostgreSQL database."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            held = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            return list(conn.scalars(text(held)))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_leader_that_loses_its_postgresql_session_stops_its_bridge(
+    app: FastAPI, settings: Settings, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cloud.bridge")
+    elected = ElectedBridge(settings, app.state.sessions)
+    elected.start()
+    try:
+        wait_for(lambda: "MQTT bridge connected" in caplog.text)
+        (session,) = _lock_sessions(database_url)
+        engine = make_engine(database_url)
+        with engine.connect() as conn:  # as a failover, or an administrator, would
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": session})
+        engine.dispose()
+        wait_for(lambda: "lost its lock" in caplog.text, timeout_s=10)
+        wait_for(lambda: "MQTT bridge stopped" in caplog.text)
+        # Nobody else wanted it: this process takes the lead again, on a new session.
+        wait_for(lambda: caplog.text.count(") leads") == 2, timeout_s=10)
+        assert _lock_sessions(database_url) not in ([], [session])
+    finally:
+        elected.stop()
+    assert _lock_sessions(database_url) == []
+
+
+def test_a_process_standing_by_takes_over_and_stops_at_once(
+    app: FastAPI, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cloud.bridge")
+    leader = bridge_lock(settings)
+    assert leader.acquire()
+    elected = ElectedBridge(settings, app.state.sessions)
+    elected.start()
+    wait_for(lambda: "is standing by; another leads" in caplog.text)
+    assert "MQTT bridge connecting" not in caplog.text
+    started = time.monotonic()
+    elected.stop()
+    assert time.monotonic() - started < 1  # no waiting out its retry interval
+
+    elected = ElectedBridge(settings, app.state.sessions)
+    elected.start()
+    try:
+        wait_for(lambda: caplog.text.count("is standing by") == 2)
+        leader.release()
+        wait_for(lambda: f"(pid {os.getpid()}) leads" in caplog.text, timeout_s=5)
+        wait_for(lambda: "MQTT bridge connected" in caplog.text)
+        assert not leader.acquire()
+    finally:
+        elected.stop()
+    assert leader.acquire()  # stopping gave the lock up
+    leader.release()
+
+
+def _stored(database_url: str) -> list[tuple[str, str]]:
+    """(episode, step) of every event in the database, duplicates included."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return [(e, t) for e, t in conn.execute(select(Event.episode_id, Event.type))]
+    finally:
+        engine.dispose()
+
+
+def _online_in(database_url: str, device: str) -> bool:
+    engine = make_engine(database_url)
+    try:
+        with Db(engine) as db:
+            row = db.get(Device, device)
+            return row is not None and row.online is True
+    finally:
+        engine.dispose()
+
+
+def test_serve_with_workers_runs_one_bridge_which_another_takes_over(
+    settings: Settings, database_url: str, publish: Publish, tmp_path: Path
+) -> None:
+    port = free_port()
+    log_file = tmp_path / "serve.log"
+    command = [str(SOUNDWARDEN_CLOUD), "serve", "--port", str(port), "--workers", "2"]
+    base = f"http://127.0.0.1:{port}"
+    env = _settings_env(settings)
+
+    def leads() -> list[str]:
+        """The pids of the processes that took the lead, in turn."""
+        return re.findall(r"\(pid (\d+)\) leads", log_file.read_text())
+
+    with running(command, env=env, log=log_file, probe=f"{base}/healthz", timeout_s=90):
+        wait_for(lambda: len(leads()) == 1 and "standing by" in log_file.read_text(), 30)
+        engine = make_engine(database_url)  # `serve` made the schema before its workers began
+        with Db(engine) as db:
+            accounts.add_device(db, "nursery")
+            db.commit()
+        engine.dispose()
+        # Retained: once the bridge has it, the bridge is subscribed.
+        publish(availability_topic("nursery"), "online", retain=True)
+        wait_for(lambda: _online_in(database_url, "nursery"), 30)
+        for i in range(20):
+            publish(events_topic("nursery"), _event("nursery", f"first{i}"))
+        wait_for(lambda: len(_stored(database_url)) >= 20)
+
+        (leader,) = leads()
+        os.kill(int(leader), signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: len(leads()) == 2, timeout_s=15)
+        takeover_s = time.monotonic() - killed
+        for i in range(20):
+            publish(events_topic("nursery"), _event("nursery", f"second{i}"))
+        wait_for(lambda: len(_stored(database_url)) >= 40, 30)
+        time.sleep(1)  # for a second bridge's copies, were there one
+        stored = _stored(database_url)
+    log = log_file.read_text()
+    assert sorted(stored) == sorted(
+        [(f"first{i}", "start") for i in range(20)] + [(f"second{i}", "start") for i in range(20)]
+    )
+    assert takeover_s < 10
+    assert leads()[1] != leader
+    assert log.count("MQTT bridge connecting") == 2  # the first leader's, then its successor's
+    assert "MQTT bridge stopped" in log  # the successor, on SIGTERM
