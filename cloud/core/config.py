@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker and backend.")
     embedded_workers: int = Field(2, ge=1, description="Threads of the embedded job runner.")
+    job_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A running job whose process has not written its heartbeat (every quarter "
+        "of this) for this long is taken as abandoned (killed, crashed, cut off): it is run "
+        "again, or failed when that was its second run. Give workers the same value.",
+    )
     mqtt_url: str | None = Field(
         None,
         description="Broker the fleet publishes to, mqtt://[user:password@]host[:port]; "

@@ -3,7 +3,9 @@
 A kind is a function registered with `@job("kind")`; it gets a `JobContext` (parameters,
 database sessions, storage, settings, `progress`, `log`, `cancelled`) and returns its result as
 JSON. Routes call `create_job`, commit, and `submit` the id to the runner on `app.state.jobs`
-(`make_runner`: threads or Celery, per `settings.jobs`), which does the rest.
+(`make_runner`: threads or Celery, per `settings.jobs`), which does the rest. The process
+running a job keeps a lease on it with a heartbeat; a job whose process died is run again, or
+failed after its second run, once `job_lease_s` has passed (cloud/jobs/core.py).
 
 Kinds: `import` (cloud/jobs/imports.py), `assist` (cloud/jobs/assist.py) and `train`
 (cloud/jobs/train.py), each imported below so that both the service and every worker know it.

@@ -3,7 +3,9 @@
 environment (SOUNDWARDEN_*), which must name the service's database and storage.
 
 The task carries only the job id; parameters, progress and results live in the jobs table, so
-no result backend is used and a worker needs nothing the service does not also see.
+no result backend is used and a worker needs nothing the service does not also see. A worker
+keeps the lease of the job it runs with a heartbeat every `job_lease_s / 4` of its own settings:
+give it the service's value.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ def make_celery(settings: Settings) -> Any:
         task_default_queue=QUEUE,  # not `celery`: the Redis database may serve other apps
         task_ignore_result=True,
         # Jobs run for minutes to hours: a worker takes the next one only when it is free,
-        # instead of reserving a backlog while another worker idles. A redelivered duplicate
-        # (Redis re-sends unacknowledged tasks after an hour) finds its job running and stops.
+        # instead of reserving a backlog while another worker idles. A worker that dies does not
+        # wait for Redis to re-send its unacknowledged task (after an hour): its heartbeat stops,
+        # and the service's reaper queues the job again and sends a new task within a lease
+        # (cloud/jobs/core.py). The late redelivery then finds the job taken or done and stops.
         task_acks_late=True,
         worker_prefetch_multiplier=1,
         broker_connection_retry_on_startup=True,

@@ -53,6 +53,18 @@ class JobOut(BaseModel):
     finished_at: datetime | None = Field(
         description="Empty while it runs; a cancelled job that is still stopping has none yet."
     )
+    worker: str | None = Field(
+        description="hostname:pid of the process running it (for an ended job, the last one); "
+        "its log says more when a job fails."
+    )
+    attempts: int = Field(
+        description="Runs started (one a shutdown interrupted not counted); a job whose worker "
+        "dies is run once more."
+    )
+    heartbeat_at: datetime | None = Field(
+        description="When its worker last said it was alive; an old one (over job_lease_s) "
+        "means the worker died and the job is run again or failed."
+    )
 
 
 class JobDetail(JobOut):
