@@ -158,10 +158,9 @@ def decode_clip(data: bytes, *, name: str, declared_rate: int, settings: Setting
             reason = exc.reason.replace(tmp.name, name)
             status = 415 if isinstance(exc, UnreadableAudioError) else 422
             raise IngestError(status, f"{name}: {reason}") from None
-        info = sf.info(tmp.name)
-    extension = FORMATS.get(info.format)
+    extension = FORMATS.get(audio.format)
     if extension is None:
-        raise IngestError(415, f"{name}: {info.format} audio; send WAV, FLAC or OGG")
+        raise IngestError(415, f"{name}: {audio.format} audio; send WAV, FLAC or OGG")
     if audio.duration_s < settings.min_clip_s:
         raise IngestError(
             422, f"{name}: {audio.duration_s:.3f} s long, under the {settings.min_clip_s} s minimum"
@@ -174,7 +173,7 @@ def decode_clip(data: bytes, *, name: str, declared_rate: int, settings: Setting
         )
     channels = audio.samples.shape[1]
     # What the edge sends already is the 16 kHz copy: re-encoding it would change nothing.
-    ready = (info.format, info.subtype, audio.sample_rate, channels) == (
+    ready = (audio.format, audio.subtype, audio.sample_rate, channels) == (
         "FLAC",
         "PCM_16",
         TARGET_SAMPLE_RATE,
@@ -278,40 +277,33 @@ def ingest(
     if decoded.audio_16k is not None:
         files[audio_key] = decoded.audio_16k
     written: list[str] = []
-    # Whether the id is taken is asked only now, in the transaction that inserts the row: one
-    # short use of a pooled connection per upload. A retry of a stored clip (rare) pays for it
-    # with a decode and files that are removed again.
+    # Whether the id is taken is not asked: the insert finds out (the primary key refuses a
+    # second row), one statement fewer on the service's busiest write. A retry of a stored
+    # clip (rare) pays for it with a decode and files that are removed again.
     try:
         for key, data in files.items():
             storage.put(key, data)
             written.append(key)
-        stored = db.get(Clip, meta.id)
-        if stored is None:
-            now = utcnow()
-            clip = _device_clip(meta, device_id, decoded, sha256, (original_key, audio_key), now)
-            # Two Core statements instead of the unit of work (`db.add`): on the service's
-            # busiest write the ORM's flush costs more than the statements themselves (~0.4 ms
-            # an upload). `clip` never joins the session; it is the answer's copy of the row.
-            row = {column.key: getattr(clip, column.key) for column in Clip.__table__.columns}
-            connection = db.connection()
-            connection.execute(insert(Clip), row)
-            connection.execute(
-                update(Device).where(Device.id == device_id).values(last_upload_at=now)
-            )
-            db.commit()
-            return Ingested(clip, created=True)
+        now = utcnow()
+        clip = _device_clip(meta, device_id, decoded, sha256, (original_key, audio_key), now)
+        # Two Core statements instead of the unit of work (`db.add`): on the service's busiest
+        # write the ORM's flush costs more than the statements themselves (~0.4 ms an upload).
+        # `clip` never joins the session; it is the answer's copy of the row.
+        row = {column.key: getattr(clip, column.key) for column in Clip.__table__.columns}
+        connection = db.connection()
+        connection.execute(insert(Clip), row)
+        connection.execute(update(Device).where(Device.id == device_id).values(last_upload_at=now))
+        db.commit()
+        return Ingested(clip, created=True)
     except IntegrityError:
-        # Most likely another upload of this id committed since the `get`: settle against it.
+        # The id is taken, by this clip (a retry) or another: only the stored clip's files stay.
         db.rollback()
         _remove(storage, written)
-        winner = db.get(Clip, meta.id)
-        if winner is None:  # the insert broke some other rule
+        stored = db.get(Clip, meta.id)
+        if stored is None:  # the insert broke some other rule
             raise
-        return Ingested(_settle(winner, sha256, device_id), created=False)
+        return Ingested(_settle(stored, sha256, device_id), created=False)
     except BaseException:
         db.rollback()
         _remove(storage, written)
         raise
-    # The id is taken, by this clip (a retry) or another: only the stored clip's files stay.
-    _remove(storage, written)
-    return Ingested(_settle(stored, sha256, device_id), created=False)

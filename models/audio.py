@@ -62,10 +62,13 @@ class AbsurdAudioError(AudioError):
 
 @dataclass(frozen=True)
 class Audio:
-    """Decoded audio: float32 samples in [-1, 1], shape (frames, channels)."""
+    """Decoded audio: float32 samples in [-1, 1], shape (frames, channels), and what the file
+    held them as (libsndfile's names, e.g. format "FLAC", subtype "PCM_16")."""
 
     samples: FloatArray
     sample_rate: int
+    format: str
+    subtype: str
 
     @property
     def duration_s(self) -> float:
@@ -89,10 +92,10 @@ def read_audio(path: str | Path, *, max_duration_s: float = DEFAULT_MAX_DURATION
             raise TruncatedAudioError(
                 path, f"header declares {handle.frames} frames but only {samples.shape[0]} decode"
             )
-        sample_rate = handle.samplerate
+        sample_rate, container, subtype = handle.samplerate, handle.format, handle.subtype
     if not np.isfinite(samples).all():
         raise AbsurdAudioError(path, "samples contain NaN or infinity")
-    return Audio(samples=samples, sample_rate=int(sample_rate))
+    return Audio(samples=samples, sample_rate=int(sample_rate), format=container, subtype=subtype)
 
 
 def _check_header(path: Path, info: sf.SoundFile, max_duration_s: float) -> None:
