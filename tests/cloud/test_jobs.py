@@ -27,9 +27,16 @@ from cloud.jobs import JobContext, create_job, job
 from cloud.jobs.core import MAX_ATTEMPTS, worker_name
 from cloud.jobs.imports import segments
 from cloud.main import create_app
+from cloud.splits import SPLITS
 from cloud.tables import Clip, Job, User, utcnow
 from tests.cloud.conftest import signed_in
-from tests.cloud.jobutil import RATE, long_recording, wait_job, wait_until
+from tests.cloud.jobutil import (
+    RATE,
+    long_recording,
+    seed_training_clips,
+    wait_job,
+    wait_until,
+)
 from tests.conftest import CRY_FULL_BAND
 
 CELERY_REDIS = "redis://127.0.0.1:6379/13"  # a database number no other test or service uses
@@ -389,6 +396,27 @@ def test_a_celery_worker_runs_an_import_submitted_through_the_api(
         assert job["worker"] == workers.name(worker) and job["attempts"] == 1
         with app.state.sessions() as db:
             assert db.scalar(select(func.count()).select_from(Clip)) == 2
+
+
+def test_a_celery_worker_trains_a_model_into_the_registry(
+    celery_service: tuple[FastAPI, Workers],
+) -> None:
+    app, workers = celery_service
+    seed_training_clips(app, SPLITS)
+    worker = workers.start()
+    with signed_in(app, "ada", "admin") as admin:
+        body = {"name": "cry-detector", "labels": ["cry", "other"], "epochs": 1}
+        started = admin.post("/api/v1/jobs/train", json=body)
+        assert started.status_code == 202, started.text
+        job = wait_job(admin, started.json()["id"], timeout_s=300)
+        assert job["state"] == "succeeded", (job, workers.output())
+        assert job["worker"] == workers.name(worker)
+        # The worker signed the bundle with the service's key: the service lists and serves it.
+        version = job["result"]["model"]["version"]
+        model = admin.get(f"/api/v1/models/cry-detector/{version}")
+        assert model.status_code == 200 and model.json()["job_id"] == job["id"]
+        download = admin.get(f"/api/v1/models/cry-detector/{version}/bundle.tar.gz")
+        assert download.status_code == 200 and len(download.content) > 10_000
 
 
 def import_long_recording(admin: TestClient, folder: Path) -> tuple[int, int]:
