@@ -4,8 +4,8 @@ Clips are read once through `models.audio.load_mono`; 1 s windows are cut at a h
 are energy-gated (a window much quieter than its clip's loudest is silence between cries, not a
 cry, and is never taught as one), and training windows are augmented on the fly against the
 shortcuts the datasets carry: gain (loudness), random low-pass (8 kHz-origin vs full band),
-negatives mixed underneath positives at random SNR (a cry over speech or music), time shift, and
-a noise floor (no digital silence to key on).
+negatives mixed underneath positives at random SNR (a cry over speech or music), time shift, a
+noise floor (no digital silence to key on), and SpecAugment masks on the training features.
 """
 
 from __future__ import annotations
@@ -111,6 +111,27 @@ class Augmenter:
         floor = np.float32(10 ** (rng.uniform(*aug.noise_floor_dbfs) / 20))
         x += rng.standard_normal(x.shape[0], dtype=np.float32) * floor
         return np.clip(x, -1.0, 1.0)
+
+    def mask(self, feats: FloatArray, rng: np.random.Generator) -> FloatArray:
+        """SpecAugment on a batch of features (n, frames, mels): a copy with random mel bands
+        and stretches of frames set to each window's mean, so no single band or moment
+        decides; `feats` itself when the masks are off."""
+        aug = self.aug
+        if aug.freq_masks == aug.time_masks == 0:
+            return feats
+        feats = feats.copy()
+        frames, mels = feats.shape[1:]
+        for f in feats:
+            fill = f.mean()
+            for _ in range(aug.freq_masks):
+                width = int(rng.integers(0, aug.freq_mask_bins + 1))
+                low = int(rng.integers(0, mels - width + 1))
+                f[:, low : low + width] = fill
+            for _ in range(aug.time_masks):
+                width = int(rng.integers(0, aug.time_mask_frames + 1))
+                low = int(rng.integers(0, frames - width + 1))
+                f[low : low + width] = fill
+        return feats
 
     def _mix(self, x: FloatArray, noise: FloatArray, rng: np.random.Generator) -> FloatArray:
         snr = rng.uniform(*self.aug.snr_db)

@@ -222,7 +222,8 @@ def train_recipe(
             rng=rng,
             desc=f"epoch {epoch} features",
         )
-        last_train_x = x
+        last_train_x = x  # unmasked: the INT8 calibration set is drawn from the last epoch's
+        x = augmenter.mask(x, rng)
         model.train()
         total = 0.0
         for idx in batches(len(x), recipe.batch_size, rng):

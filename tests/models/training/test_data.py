@@ -82,3 +82,25 @@ def test_source_balanced_weights_make_every_class_and_source_count_alike() -> No
     cry, speech, music = weights[:4].sum(), weights[4:10].sum(), weights[10:].sum()
     assert cry == pytest.approx(speech + music)
     assert speech == pytest.approx(music)
+
+
+def test_spec_augment_blanks_only_narrow_bands_and_stretches_with_the_window_mean() -> None:
+    from models.frontend import FrontendConfig, LogMel
+
+    logmel = LogMel(FrontendConfig(normalisation="window_mean"))
+    cry = load_mono(CRY_FULL_BAND)
+    feats = np.stack([logmel.window(cry[i * RATE : (i + 1) * RATE]) for i in range(4)])
+    aug = Augmentation(freq_masks=1, freq_mask_bins=8, time_masks=1, time_mask_frames=12)
+    masked = Augmenter(aug, [], RATE).mask(feats, np.random.default_rng(3))
+    for before, after in zip(feats, masked, strict=True):
+        changed = before != after
+        # Whole mel bands and whole frames are blanked, to the window's mean, nothing else.
+        bands = np.flatnonzero(changed.all(axis=0))
+        frames = np.flatnonzero(changed.all(axis=1))
+        assert len(bands) <= 8 and len(frames) <= 12
+        assert len(bands) + len(frames) > 0
+        outside = np.ones_like(changed)
+        outside[:, bands] = False
+        outside[frames] = False
+        assert not changed[outside].any()
+        np.testing.assert_allclose(after[changed], before.mean(), rtol=1e-6)
