@@ -22,7 +22,7 @@ import math
 import tempfile
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import BinaryIO
 
 import numpy as np
@@ -54,6 +54,9 @@ log = logging.getLogger(__name__)
 FORMATS = {"WAV": "wav", "WAVEX": "wav", "FLAC": "flac", "OGG": "ogg"}
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
 _READ_CHUNK = 1 << 20
+# A device's `last_upload_at` is kept to the minute: writing it on every upload would cost a
+# busy device's every upload a statement of its own (~5 % of PostgreSQL ingestion, measured).
+LAST_UPLOAD_RESOLUTION = timedelta(minutes=1)
 
 
 class IngestError(Exception):
@@ -262,11 +265,13 @@ def ingest(
     settings: Settings,
     device_id: str,
     *,
+    last_upload_at: datetime | None,
     metadata: str | bytes,
     audio: bytes,
     filename: str,
 ) -> Ingested:
-    """Validate, store and record one device upload (IngestError says why it was refused)."""
+    """Validate, store and record one device upload (IngestError says why it was refused).
+    `last_upload_at` is the device's as read when its token was checked."""
     meta = parse_metadata(metadata, device_id)
     sha256 = hashlib.sha256(audio).hexdigest()
     decoded = decode_clip(audio, name=filename, declared_rate=meta.sample_rate, settings=settings)
@@ -292,7 +297,10 @@ def ingest(
         row = {column.key: getattr(clip, column.key) for column in Clip.__table__.columns}
         connection = db.connection()
         connection.execute(insert(Clip), row)
-        connection.execute(update(Device).where(Device.id == device_id).values(last_upload_at=now))
+        if last_upload_at is None or now - last_upload_at >= LAST_UPLOAD_RESOLUTION:
+            connection.execute(
+                update(Device).where(Device.id == device_id).values(last_upload_at=now)
+            )
         db.commit()
         return Ingested(clip, created=True)
     except IntegrityError:

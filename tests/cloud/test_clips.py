@@ -23,7 +23,7 @@ import soundfile as sf
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from cloud import accounts
 from cloud import ingest as ingest_module
@@ -139,6 +139,28 @@ def test_a_wav_upload_is_kept_as_received_and_as_16k_mono_flac(
     with app.state.sessions() as db:
         device = db.get(Device, DEVICE)
         assert device is not None and device.last_upload_at is not None
+
+
+def test_a_devices_last_upload_is_kept_to_the_minute(
+    app: FastAPI, client: TestClient, admin: TestClient, token: str
+) -> None:
+    def last_upload() -> datetime:
+        [device] = [d for d in admin.get("/api/v1/devices").json() if d["id"] == DEVICE]
+        return datetime.fromisoformat(device["last_upload_at"])
+
+    assert upload(client, token, metadata("c1"), edge_flac(), "c1.flac").status_code == 201
+    first = last_upload()
+    assert upload(client, token, metadata("c2"), edge_flac(), "c2.flac").status_code == 201
+    assert last_upload() == first  # seconds later: not written again
+    with app.state.sessions() as db:  # a minute passes
+        db.execute(
+            update(Device)
+            .where(Device.id == DEVICE)
+            .values(last_upload_at=first - timedelta(minutes=1))
+        )
+        db.commit()
+    assert upload(client, token, metadata("c3"), edge_flac(), "c3.flac").status_code == 201
+    assert last_upload() > first
 
 
 def test_a_44k_stereo_upload_gets_a_16k_mono_copy_of_the_same_length(

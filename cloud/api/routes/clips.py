@@ -163,11 +163,12 @@ async def _receive(request: Request, authorization: str | None) -> tuple[ClipOut
     sessions: sessionmaker[Db] = request.app.state.sessions
     settings, storage = get_settings(request), get_storage(request)
 
-    def authenticate() -> str:
+    def authenticate() -> tuple[str, datetime | None]:
         with sessions() as db:
-            return current_device(db, authorization).id
+            device = current_device(db, authorization)
+            return device.id, device.last_upload_at
 
-    device_id = await run_in_threadpool(authenticate)
+    device_id, last_upload_at = await run_in_threadpool(authenticate)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise IngestError(
             415, "send multipart/form-data with fields `metadata` (ClipMetadata JSON) and `audio`"
@@ -199,6 +200,7 @@ async def _receive(request: Request, authorization: str | None) -> tuple[ClipOut
                     storage,
                     settings,
                     device_id,
+                    last_upload_at=last_upload_at,
                     metadata=meta,
                     audio=data,
                     filename=audio.filename or "audio",

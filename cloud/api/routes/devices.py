@@ -34,7 +34,9 @@ class DeviceOut(BaseModel):
     status_at: datetime | None
     last_event_at: datetime | None
     last_event_label: str | None
-    last_upload_at: datetime | None
+    last_upload_at: datetime | None = Field(
+        description="When the device last uploaded a clip, to the minute (null: never)."
+    )
     model_state: dict[str, Any] | None = Field(
         description="The last model/state: installed model and how an update is going."
     )
