@@ -25,7 +25,12 @@ from models.bundle import load_bundle
 from models.frontend import LogMel
 from models.runtimes.onnx import OnnxRuntime
 from models.signing import TrustedKeys
-from models.training.data import Augmenter, features_of, load_clips, negative_pool, windows_for
+from models.training.data import (
+    load_clips,
+    training_augmenter,
+    validation_features,
+    windows_for,
+)
 from models.training.recipes import CRY_DETECTOR
 
 
@@ -39,14 +44,8 @@ def main() -> None:
     recipe, positive = CRY_DETECTOR, 0
     clips = load_clips(args.data, recipe)
     train = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
-    val = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
-    negatives = [w for w in train if clips[w.clip].target != positive]
-    pool = negative_pool(clips, negatives, recipe.features.window_samples)
-    augmenter = Augmenter(recipe.augmentation, pool, recipe.features.sample_rate)
-    logmel = LogMel(recipe.features)
-    clean, y = features_of(clips, val, logmel)
-    rng = np.random.default_rng(recipe.seed + 1)  # the trainer's validation augmentation
-    augmented, _ = features_of(clips, val, logmel, augmenter=augmenter, rng=rng)
+    augmenter = training_augmenter(clips, train, recipe)
+    clean, augmented, y = validation_features(clips, recipe, augmenter, LogMel(recipe.features))
     truth = y == positive
     trusted = TrustedKeys.from_paths(args.trusted)
     results = {}

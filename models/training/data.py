@@ -177,6 +177,33 @@ def features_of(
     return feats, targets
 
 
+def training_augmenter(
+    clips: list[ClipAudio], train_windows: list[Window], recipe: Recipe
+) -> Augmenter:
+    """A run's augmenter: the negatives it mixes in are the run's training negative windows."""
+    positive = recipe.labels.index(recipe.positive)
+    negatives = [w for w in train_windows if clips[w.clip].target != positive]
+    pool = negative_pool(clips, negatives, recipe.features.window_samples)
+    return Augmenter(recipe.augmentation, pool, recipe.features.sample_rate)
+
+
+def validation_features(
+    clips: list[ClipAudio], recipe: Recipe, augmenter: Augmenter, logmel: LogMel
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]:
+    """The `val` windows at the edge's hop, clean and augmented once with a fixed seed
+    (mixtures, band limits), so selection rewards robustness, not only the easy case:
+    (clean features, augmented features, targets)."""
+    windows = windows_for(
+        clips, "val", recipe, recipe.eval_hop_s, recipe.labels.index(recipe.positive)
+    )
+    clean, targets = features_of(clips, windows, logmel, desc="val features")
+    rng = np.random.default_rng(recipe.seed + 1)
+    augmented, _ = features_of(
+        clips, windows, logmel, augmenter=augmenter, rng=rng, desc="val augmented"
+    )
+    return clean, augmented, targets
+
+
 def subsample(windows: list[Window], limit: int | None, rng: np.random.Generator) -> list[Window]:
     """At most `limit` windows, drawn without replacement, in their original order."""
     if limit is None or len(windows) <= limit:

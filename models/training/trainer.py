@@ -28,14 +28,14 @@ from models.reference import REFERENCE_NAME, write_reference
 from models.runtimes.onnx import OnnxRuntime
 from models.training import plots
 from models.training.data import (
-    Augmenter,
     ClipAudio,
     Window,
     batches,
     features_of,
     load_clips,
-    negative_pool,
     subsample,
+    training_augmenter,
+    validation_features,
     windows_for,
 )
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
@@ -171,25 +171,10 @@ def train_recipe(
 
     clips = load_clips(data_root, recipe)
     train_windows = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
-    val_windows = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
     train_windows = subsample(train_windows, max_train_windows, rng)
-    negatives = negative_pool(
-        clips, [w for w in train_windows if clips[w.clip].target != positive], cfg.window_samples
-    )
-    augmenter = Augmenter(recipe.augmentation, negatives, cfg.sample_rate)
+    augmenter = training_augmenter(clips, train_windows, recipe)
     logmel = LogMel(cfg)
-
-    # Validation: the clean windows, plus the same windows augmented once with a fixed seed
-    # (mixtures, band limits), so selection rewards robustness, not only the easy case.
-    val_clean, val_y = features_of(clips, val_windows, logmel, desc="val features")
-    val_aug, _ = features_of(
-        clips,
-        val_windows,
-        logmel,
-        augmenter=augmenter,
-        rng=np.random.default_rng(recipe.seed + 1),
-        desc="val augmented",
-    )
+    val_clean, val_aug, val_y = validation_features(clips, recipe, augmenter, logmel)
     val_x, val_t = np.concatenate([val_clean, val_aug]), np.concatenate([val_y, val_y])
 
     train_targets = np.array([clips[w.clip].target for w in train_windows])
@@ -278,7 +263,7 @@ def train_recipe(
         "recipe": recipe.model_dump(mode="json"),
         "architecture": recipe.architecture,
         "parameters": parameter_count(model),
-        "windows": {"train": len(train_windows), "val": len(val_windows)},
+        "windows": {"train": len(train_windows), "val": len(val_y)},
         "train_class_counts": dict(zip(recipe.labels, counts.tolist(), strict=True)),
         "epochs_run": len(history),
         "best_epoch": best["epoch"],

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from models.bundle import Manifest
 from models.frontend import LogMel
 from models.training.data import (
-    Augmenter,
     features_of,
     load_clips,
-    negative_pool,
     subsample,
+    training_augmenter,
+    validation_features,
     windows_for,
 )
 from models.training.export import CALIBRATION_WINDOWS, export_bundle_files
@@ -142,30 +142,13 @@ def train_yolo(
     clips = load_clips(data_root, recipe)
     train_windows = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
     train_windows = subsample(train_windows, max_train_windows, rng)
-    val_windows = windows_for(clips, "val", recipe, recipe.eval_hop_s, positive)
-    augmenter = Augmenter(
-        recipe.augmentation,
-        negative_pool(
-            clips,
-            [w for w in train_windows if clips[w.clip].target != positive],
-            cfg.window_samples,
-        ),
-        cfg.sample_rate,
-    )
+    augmenter = training_augmenter(clips, train_windows, recipe)
     logmel = LogMel(cfg)
     # One augmented rendering of the training windows (ultralytics trains from image files).
     train_x, train_y = features_of(
         clips, train_windows, logmel, augmenter=augmenter, rng=rng, desc="train features"
     )
-    val_clean, val_y = features_of(clips, val_windows, logmel, desc="val features")
-    val_aug, _ = features_of(
-        clips,
-        val_windows,
-        logmel,
-        augmenter=augmenter,
-        rng=np.random.default_rng(recipe.seed + 1),
-        desc="val augmented",
-    )
+    val_clean, val_aug, val_y = validation_features(clips, recipe, augmenter, logmel)
     image_size = recipe.image_size
     images = run_dir / "images"
     _render(train_x, train_y, recipe.labels, images / "train", image_size)
@@ -223,7 +206,7 @@ def train_yolo(
         "architecture": f"ultralytics {config} from scratch, on "
         f"{image_size}x{image_size} renderings of the log-mel window",
         "parameters": parameter_count(model),
-        "windows": {"train": len(train_windows), "val": len(val_windows)},
+        "windows": {"train": len(train_windows), "val": len(val_y)},
         "selection": "ultralytics' best epoch by validation top-1 accuracy (clean val images)",
         "threshold_selection": "as the compact CNN: best val F1 within the false-alarm budget",
         "tflite": "not exported: the converter environment has no ultralytics",
