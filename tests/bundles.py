@@ -3,6 +3,7 @@ shipped cry detector (another version, another key, another front end)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ from tests.conftest import REPO
 
 SHIPPED = REPO / "models" / "pretrained" / "cry-detector"
 SHIPPED_KEYS = REPO / "models" / "pretrained" / "keys"
+# The shipped cry detector's version: what a fresh cloud registers and a fresh device runs.
+SHIPPED_VERSION: str = json.loads((SHIPPED / "manifest.json").read_text())["version"]
 
 Behaviour = Literal["mean", "nan", "always_cry"]
 

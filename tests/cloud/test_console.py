@@ -16,6 +16,7 @@ from cloud.console.routes import LOGIN_CSRF_COOKIE
 from cloud.jobs import create_job
 from cloud.splits import SPLITS
 from cloud.tables import Event, User
+from tests.bundles import SHIPPED_VERSION
 from tests.cloud.clipdata import T0, seed
 from tests.cloud.conftest import PASSWORD, add_user
 from tests.cloud.jobutil import seed_training_clips, wait_job
@@ -221,7 +222,7 @@ def test_training_report_shows_the_metrics_the_comparison_and_the_plots(
     assert rows[0] == [
         "Test clips",
         f"New {result['model']['version']}",
-        "Deployed 1.1.0",
+        f"Deployed {SHIPPED_VERSION}",
         "Change",
     ]
 

@@ -14,13 +14,14 @@ from fastapi.testclient import TestClient
 from cloud import registry
 from models.bundle import FileHashMismatchError, load_bundle, update_manifest
 from models.signing import TrustedKeys, generate_keypair, load_private_key
+from tests.bundles import SHIPPED_VERSION
 from tests.cloud.conftest import enrol
 from tests.conftest import write_test_bundle
 
 
 def test_shipped_bundles_are_registered_and_current(labeller: TestClient) -> None:
     models = {(m["name"], m["version"]): m for m in labeller.get("/api/v1/models").json()}
-    cry = models[("cry-detector", "1.1.0")]
+    cry = models[("cry-detector", SHIPPED_VERSION)]
     assert cry["labels"] == ["cry", "other"] and cry["current"]
     assert ("machine-anomaly", "1.0.0") in models
     assert cry["metrics"], "the manifest's metrics are shown"
@@ -29,7 +30,7 @@ def test_shipped_bundles_are_registered_and_current(labeller: TestClient) -> Non
 def test_device_downloads_a_bundle_it_can_verify(app: FastAPI, tmp_path: Path) -> None:
     token = enrol(app, "pi-1")
     with TestClient(app) as device:
-        url = "/api/v1/models/cry-detector/1.1.0/bundle.tar.gz"
+        url = f"/api/v1/models/cry-detector/{SHIPPED_VERSION}/bundle.tar.gz"
         assert device.get(url).status_code == 401
         assert device.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 401
         got = device.get(url, headers={"Authorization": f"Bearer {token}"})
@@ -39,7 +40,7 @@ def test_device_downloads_a_bundle_it_can_verify(app: FastAPI, tmp_path: Path) -
     archive.write_bytes(got.content)
     shipped_keys = TrustedKeys.from_paths([registry.RELEASE_KEYS])
     bundle = load_bundle(archive, shipped_keys, extract_to=tmp_path / "x")
-    assert bundle.manifest.version == "1.1.0"
+    assert bundle.manifest.version == SHIPPED_VERSION
 
 
 def test_the_private_key_is_never_served_and_the_public_one_is(
@@ -76,10 +77,11 @@ def test_a_trained_bundle_is_signed_by_the_cloud_and_promoted(
         registry.promote(db, "cry-detector", "2.0.0")
         db.commit()
     assert admin.get("/api/v1/models/cry-detector/2.0.0").json()["current"]
-    old = admin.get("/api/v1/models/cry-detector/1.1.0").json()
+    old = admin.get(f"/api/v1/models/cry-detector/{SHIPPED_VERSION}").json()
     assert not old["current"]
     compared = admin.get(
-        "/api/v1/models/compare", params={"name": "cry-detector", "a": "1.1.0", "b": "2.0.0"}
+        "/api/v1/models/compare",
+        params={"name": "cry-detector", "a": SHIPPED_VERSION, "b": "2.0.0"},
     ).json()
     assert compared["metrics"]["test.roc_auc"][1] == 0.995
     assert admin.post("/api/v1/models/cry-detector/9.9.9/promote").status_code == 404
@@ -110,7 +112,7 @@ def test_uploads_must_be_signed_by_a_trusted_key(
 
 def test_a_bundle_changed_on_disk_no_longer_opens(app: FastAPI, tmp_path: Path) -> None:
     settings = app.state.settings
-    row = _row(app, "cry-detector", "1.1.0")
+    row = _row(app, "cry-detector", SHIPPED_VERSION)
     model = Path(row.path) / "model.onnx"
     shutil.copy(model, tmp_path / "saved")
     model.write_bytes(model.read_bytes()[:-1] + b"\0")

@@ -36,12 +36,13 @@ from models.contract import (
     model_set_topic,
     model_state_topic,
 )
+from tests.bundles import SHIPPED_VERSION
 from tests.cloud.conftest import enrol, signed_in
 from tests.conftest import write_test_bundle
 from tests.mosquitto import Mosquitto, Subscriber, wait_for
 
 NAME = "cry-detector"
-SHIPPED = "1.1.0"  # registered on start
+SHIPPED = SHIPPED_VERSION  # registered on start
 NEW = "2.0.0"
 PROMOTE = f"/api/v1/models/{NAME}/{NEW}/promote"
 
@@ -53,7 +54,7 @@ def settings(settings: Settings, broker: Mosquitto) -> Settings:
 
 @pytest.fixture
 def app(app: FastAPI, tmp_path: Path) -> FastAPI:
-    """With a cloud-signed cry-detector 2.0.0 in the registry next to the shipped 1.1.0."""
+    """With a cloud-signed cry-detector 2.0.0 in the registry next to the shipped one."""
     source = write_test_bundle(tmp_path)
     update_manifest(source, version=NEW)
     with app.state.sessions() as db:

@@ -17,6 +17,7 @@ from cloud import registry
 from cloud.jobs.train import ARCHITECTURES, Architecture
 from cloud.splits import SPLITS
 from models.training.recipes import YOLO_CONFIGS, Recipe
+from tests.bundles import SHIPPED_VERSION
 from tests.cloud.jobutil import seed_training_clips, wait_job
 
 
@@ -38,9 +39,9 @@ def test_training_registers_a_signed_bundle_compared_with_the_deployed_one(
     result = job["result"]
     assert result["counts"] == {s: {"cry": 2, "other": 2} for s in SPLITS}
     version = result["model"]["version"]
-    assert version == f"1.1.0+job{job['id']}"
+    assert version == f"{SHIPPED_VERSION}+job{job['id']}"
     comparison = result["comparison"]
-    assert comparison["deployed"]["version"] == "1.1.0"
+    assert comparison["deployed"]["version"] == SHIPPED_VERSION
     for side in ("new", "deployed"):
         assert 0.0 <= comparison[side]["clip"]["roc_auc"] <= 1.0
         assert comparison[side]["majority_baseline"]["accuracy"] == 0.5

@@ -13,6 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from edge.config import ConfigError, EdgeConfig, FileSourceConfig, load_config
+from tests.bundles import SHIPPED_VERSION
 from tests.conftest import REPO
 
 TEMPLATE = REPO / "deploy" / "edge.example.toml"
@@ -114,7 +115,7 @@ def _check(path: Path) -> subprocess.CompletedProcess[str]:
 def test_check_config_accepts_the_template_and_shows_what_it_will_run() -> None:
     result = _check(TEMPLATE)
     assert result.returncode == 0, result.stderr
-    assert "OK" in result.stdout and "cry-detector 1.1.0 (onnx)" in result.stdout
+    assert "OK" in result.stdout and f"cry-detector {SHIPPED_VERSION} (onnx)" in result.stdout
     assert "thresholds  {'cry': 0.996966}" in result.stdout
 
 

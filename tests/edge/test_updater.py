@@ -23,7 +23,14 @@ from edge.modelstore import POINTER_NAME, Pointer
 from models.bundle import sha256_file
 from models.contract import EventPayload, ModelSetPayload, ModelStatePayload, StatusPayload
 from models.frontend import FrontendConfig
-from tests.bundles import SHIPPED_KEYS, BundleServer, make_bundle, pack, signing_key
+from tests.bundles import (
+    SHIPPED_KEYS,
+    SHIPPED_VERSION,
+    BundleServer,
+    make_bundle,
+    pack,
+    signing_key,
+)
 from tests.conftest import CRY_FULL_BAND
 from tests.edge.test_daemon import finish, room, start_daemon, write_config, write_wav
 from tests.mosquitto import Mosquitto, Subscriber, wait_for
@@ -125,39 +132,39 @@ def test_an_update_is_checked_shadowed_switched_and_events_carry_the_new_version
 
     audio = write_wav(tmp_path / "cry.wav", room(2), load_mono(CRY_FULL_BAND), room(2, 1))
     config = _config(tmp_path, broker, audio)
-    archive = _bundle(tmp_path, "1.2.0")
+    archive = _bundle(tmp_path, "9.2.0")
     daemon = start_daemon(config)
     try:
         wait_for(lambda: _latest(subscriber) is not None)
         assert _latest(subscriber).state == "idle"  # type: ignore[union-attr]
-        assert _latest(subscriber).installed_version == "1.1.0"  # type: ignore[union-attr]
+        assert _latest(subscriber).installed_version == SHIPPED_VERSION  # type: ignore[union-attr]
         _announce(broker, archive, server.add(archive))
-        wait_for(lambda: _reached(subscriber, "installed", "1.2.0"), timeout_s=90)
+        wait_for(lambda: _reached(subscriber, "installed", "9.2.0"), timeout_s=90)
         seen = [s.state for s in _states(subscriber)]
         steps = ["downloading", "verifying", "shadowing", "probation", "installed"]
         assert [s for s in dict.fromkeys(seen) if s in steps] == steps
         final = _latest(subscriber)
-        assert final and final.installed.version == "1.2.0" and final.previous
-        assert final.previous.version == "1.1.0" and final.rollout == "r1"
+        assert final and final.installed.version == "9.2.0" and final.previous
+        assert final.previous.version == SHIPPED_VERSION and final.rollout == "r1"
         assert final.shadow and final.shadow.agreement == 1.0 and final.shadow.windows >= 8
-        assert (final.installed_version, final.latest_version) == ("1.2.0", "1.2.0")
+        assert (final.installed_version, final.latest_version) == ("9.2.0", "9.2.0")
         assert not final.in_progress and final.error is None
         assert server.requests[0]["Authorization"] == f"Bearer {TOKEN}"
 
         def new_version_event() -> bool:
             events = subscriber.payloads("soundwarden/nursery/events")
             versions = [EventPayload.model_validate_json(e).model.version for e in events]
-            return "1.2.0" in versions
+            return "9.2.0" in versions
 
         wait_for(new_version_event, timeout_s=60)
-        assert "1.2.0" in (_pointer(tmp_path).current or "")
+        assert "9.2.0" in (_pointer(tmp_path).current or "")
     finally:
         _stop(daemon)
     # The installed model survives a restart.
     subscriber.messages.clear()
     daemon = start_daemon(config)
     try:
-        wait_for(lambda: _running_version(subscriber) == "1.2.0" and daemon.poll() is None)
+        wait_for(lambda: _running_version(subscriber) == "9.2.0" and daemon.poll() is None)
     finally:
         _stop(daemon)
 
@@ -169,24 +176,24 @@ def test_bad_bundles_are_refused_with_their_reason_and_the_old_model_keeps_runni
     daemon = start_daemon(_config(tmp_path, broker, quiet))
     private, _ = signing_key(tmp_path / "keys")
     other_key, _ = signing_key(tmp_path / "other-keys", "stranger")
-    good = _bundle(tmp_path, "1.3.0")
-    altered = make_bundle(tmp_path / "bundles" / "1.3.1", key=private, version="1.3.1")
+    good = _bundle(tmp_path, "9.3.0")
+    altered = make_bundle(tmp_path / "bundles" / "9.3.1", key=private, version="9.3.1")
     manifest = json.loads((altered / "manifest.json").read_text())
     manifest["thresholds"]["cry"] = 0.01  # changed after signing
     (altered / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     bad_signature = pack(altered)
-    unknown_key = pack(make_bundle(tmp_path / "bundles" / "1.3.2", key=other_key, version="1.3.2"))
+    unknown_key = pack(make_bundle(tmp_path / "bundles" / "9.3.2", key=other_key, version="9.3.2"))
     cases = [
         (good, {"sha256": "0" * 64}, "differs from the announced"),
         (bad_signature, {}, "does not match manifest.json"),
         (unknown_key, {}, "which is not trusted here"),
         (
-            _bundle(tmp_path, "1.3.3", behaviour="mean", features=NARROWBAND),
+            _bundle(tmp_path, "9.3.3", behaviour="mean", features=NARROWBAND),
             {},
             "incompatible front end: 8000 Hz audio, the device captures 16000 Hz",
         ),
-        (_bundle(tmp_path, "1.3.4", behaviour="nan"), {}, "NaN"),
-        (_bundle(tmp_path, "1.3.5", behaviour="always_cry"), {}, "agreed with the running model"),
+        (_bundle(tmp_path, "9.3.4", behaviour="nan"), {}, "NaN"),
+        (_bundle(tmp_path, "9.3.5", behaviour="always_cry"), {}, "agreed with the running model"),
     ]
     try:
         wait_for(lambda: _latest(subscriber) is not None)
@@ -195,9 +202,9 @@ def test_bad_bundles_are_refused_with_their_reason_and_the_old_model_keeps_runni
             wait_for(lambda v=version: _reached(subscriber, "rejected", v), timeout_s=60)
             latest = _latest(subscriber)
             assert latest and reason in (latest.error or ""), (reason, latest)
-            assert latest.installed_version == "1.1.0" and not latest.in_progress
+            assert latest.installed_version == SHIPPED_VERSION and not latest.in_progress
             assert latest.release_summary and reason[:20] in latest.release_summary
-            wait_for(lambda: _running_version(subscriber) == "1.1.0")
+            wait_for(lambda: _running_version(subscriber) == SHIPPED_VERSION)
         assert daemon.poll() is None
         assert not list((tmp_path / "data" / "models" / "bundles").iterdir())
     finally:
@@ -211,31 +218,31 @@ def test_a_model_that_misbehaves_on_probation_is_rolled_back_and_not_retried(
     quiet = write_wav(tmp_path / "quiet.wav", room(6))
     # No shadowing, so only probation stands between this model and the fleet.
     config = _config(tmp_path, broker, quiet, shadow_s=0, probation_s=60, event_slack=0)
-    archive = _bundle(tmp_path, "1.4.0", behaviour="always_cry")
+    archive = _bundle(tmp_path, "9.4.0", behaviour="always_cry")
     daemon = start_daemon(config)
     try:
         wait_for(lambda: _latest(subscriber) is not None)
         _announce(broker, archive, server.add(archive))
-        wait_for(lambda: _reached(subscriber, "rolled_back", "1.4.0"), timeout_s=60)
+        wait_for(lambda: _reached(subscriber, "rolled_back", "9.4.0"), timeout_s=60)
         latest = _latest(subscriber)
-        assert latest and latest.installed.version == "1.1.0"
+        assert latest and latest.installed.version == SHIPPED_VERSION
         assert "on probation" in (latest.error or "")
         assert "probation" in [s.state for s in _states(subscriber)]
         events = [
             EventPayload.model_validate_json(e)
             for e in subscriber.payloads("soundwarden/nursery/events")
         ]
-        assert [e.model.version for e in events] == ["1.4.0", "1.4.0"]  # its episode, then ended
-        wait_for(lambda: _running_version(subscriber) == "1.1.0")
+        assert [e.model.version for e in events] == ["9.4.0", "9.4.0"]  # its episode, then ended
+        wait_for(lambda: _running_version(subscriber) == SHIPPED_VERSION)
     finally:
         _stop(daemon)
     pointer = _pointer(tmp_path)
     assert pointer.current is None and pointer.probation is None
     assert sha256_file(archive) in pointer.rejected
-    daemon = start_daemon(config)  # the retained model/set still names 1.4.0
+    daemon = start_daemon(config)  # the retained model/set still names 9.4.0
     try:
-        wait_for(lambda: _reached(subscriber, "rejected", "1.4.0"))
-        assert _running_version(subscriber) == "1.1.0"
+        wait_for(lambda: _reached(subscriber, "rejected", "9.4.0"))
+        assert _running_version(subscriber) == SHIPPED_VERSION
     finally:
         _stop(daemon)
 
@@ -249,7 +256,7 @@ def test_sigkill_at_each_step_comes_back_with_a_working_model(
     config = _config(
         tmp_path, broker, quiet, shadow_s=4, probation_s=20 if step == "probation" else 2
     )
-    archive = _bundle(tmp_path, "1.5.0")
+    archive = _bundle(tmp_path, "9.5.0")
     daemon = start_daemon(config)
     try:
         wait_for(lambda: _latest(subscriber) is not None)
@@ -267,15 +274,15 @@ def test_sigkill_at_each_step_comes_back_with_a_working_model(
         subscriber.messages.clear()
         daemon = start_daemon(config)
         if step == "probation":  # an unclean stop on probation counts against the new model
-            wait_for(lambda: _reached(subscriber, "rolled_back", "1.5.0"), timeout_s=60)
+            wait_for(lambda: _reached(subscriber, "rolled_back", "9.5.0"), timeout_s=60)
             assert "uncleanly" in (_latest(subscriber).error or "")  # type: ignore[union-attr]
             wait_for(lambda: bool(subscriber.payloads("soundwarden/nursery/status")))
-            assert _running_version(subscriber) == "1.1.0"
+            assert _running_version(subscriber) == SHIPPED_VERSION
             assert _pointer(tmp_path).current is None
         else:  # the update resumes and completes
-            wait_for(lambda: _reached(subscriber, "installed", "1.5.0"), timeout_s=90)
-            wait_for(lambda: _running_version(subscriber) == "1.5.0")
-            assert "1.5.0" in (_pointer(tmp_path).current or "")
+            wait_for(lambda: _reached(subscriber, "installed", "9.5.0"), timeout_s=90)
+            wait_for(lambda: _running_version(subscriber) == "9.5.0")
+            assert "9.5.0" in (_pointer(tmp_path).current or "")
         if step == "downloading":  # resumed where it stopped, not from the start
             ranges = [r.get("Range") for r in server.requests]
             assert ranges[0] is None and any(r and r != "bytes=0-" for r in ranges[1:])
