@@ -190,7 +190,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     manifest = bundle.manifest
     update_manifest(
         args.bundle,
-        thresholds={result["label"]: round(chosen["threshold"], 6)},
+        # 9 decimals: a saturated threshold such as 0.9999995 keeps its place.
+        thresholds={result["label"]: round(chosen["threshold"], 9)},
         training={
             **manifest.training,
             "threshold_selection": f"soundwarden-models calibrate on {args.data} "

@@ -229,7 +229,8 @@ def format_report(result: dict[str, Any]) -> str:
 def calibrate(bundle: Bundle, data_dir: Path, *, split: str = "val") -> dict[str, Any]:
     """Choose the event threshold on a labelled folder: the best clip-level F1 (a clip counts
     as detected when any window reaches the threshold; ties go to the stricter threshold),
-    with the whole trade-off (recall, precision, F1, false alarms per hour) for the record."""
+    placed in the middle of the gap between clip scores where that F1 holds, with the whole
+    trade-off (recall, precision, F1, false alarms per hour) for the record."""
     manifest = bundle.manifest
     dataset = read_dataset(data_dir)
     _require_bundle_labels(dataset, manifest, data_dir)
@@ -251,21 +252,21 @@ def calibrate(bundle: Bundle, data_dir: Path, *, split: str = "val") -> dict[str
     if not positives or not negative_clips:
         raise EvaluationError(f"{data_dir}: split {split!r} needs clips of both classes")
     pos, neg = np.array(positives), np.array(negative_clips)
-    rows = []
-    for threshold in sorted(set(positives)):
+
+    def row(threshold: float) -> dict[str, float]:
         tp, fp = int((pos >= threshold).sum()), int((neg >= threshold).sum())
         recall, precision = tp / len(pos), tp / max(tp + fp, 1)
-        rows.append(
-            {
-                "threshold": threshold,
-                "recall": recall,
-                "precision": precision,
-                "f1": 2 * precision * recall / (precision + recall) if tp else 0.0,
-                "false_alarms_per_hour": count_episodes(negative_stream, threshold)
-                / (seconds / 3600),
-            }
-        )
+        return {
+            "threshold": threshold,
+            "recall": recall,
+            "precision": precision,
+            "f1": 2 * precision * recall / (precision + recall) if tp else 0.0,
+            "false_alarms_per_hour": count_episodes(negative_stream, threshold) / (seconds / 3600),
+        }
+
+    rows = [row(threshold) for threshold in sorted(set(positives))]
     best = max(rows, key=lambda r: (r["f1"], r["threshold"]))
+    best = row(metrics.middle_of_gap(best["threshold"], np.concatenate([pos, neg])))
     return {
         "split": split,
         "label": label,

@@ -87,5 +87,19 @@ def best_f1_threshold(
     f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall + 1e-12), 0)
     for index in np.argsort(-f1, kind="stable"):
         if allowed is None or allowed(float(thresholds[index])):
-            return float(thresholds[index])
-    return float(thresholds[0])
+            return middle_of_gap(float(thresholds[index]), scores)
+    return middle_of_gap(float(thresholds[0]), scores)
+
+
+def middle_of_gap(threshold: float, scores: Array) -> float:
+    """`threshold` moved down to the middle, in logits, of the gap between it and the highest
+    score under it. A threshold chosen on data sits exactly on one item's score, where the
+    slightest difference between runtimes (INT8 ONNX vs TFLite) flips that item; anywhere in
+    the gap decides every item the same, and the middle is furthest from both. Logits, since
+    that is the softmax's own scale: 0.9990 and 0.9999 are far apart there."""
+    below = np.asarray(scores)[np.asarray(scores) < threshold]
+    if not below.size:
+        return threshold
+    eps = 1e-12
+    low, high = (np.log(max(p, eps) / max(1 - p, eps)) for p in (float(below.max()), threshold))
+    return float(1 / (1 + np.exp(-(low + high) / 2)))

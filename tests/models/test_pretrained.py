@@ -17,6 +17,11 @@ PRETRAINED = REPO / "models" / "pretrained"
 TRUSTED = TrustedKeys.from_paths([PRETRAINED / "keys"])
 
 
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
 def test_cry_detector_is_signed_by_the_release_key_and_small() -> None:
     bundle = load_bundle(PRETRAINED / "cry-detector", TRUSTED)
     assert bundle.manifest.labels == ["cry", "other"]
@@ -49,12 +54,8 @@ def test_int8_and_float_models_make_the_same_decisions_on_real_windows() -> None
     # steepest) ...
     assert np.abs(a - b).max() < 0.1
 
-    def logit(p: np.ndarray | float) -> np.ndarray:
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p))
-
     # ... and identical decisions for every window not within 0.5 logits of the threshold.
-    decided = np.abs(logit(b) - logit(threshold)) > 0.5
+    decided = np.abs(_logit(b) - _logit(threshold)) > 0.5
     assert decided.mean() > 0.8
     np.testing.assert_array_equal((a >= threshold)[decided], (b >= threshold)[decided])
 
@@ -104,5 +105,24 @@ def test_calibrate_sets_the_threshold_records_it_and_re_signs(tmp_path: Path) ->
     bundle = load_bundle(bundle_dir, TrustedKeys.from_paths([public]))
     calibration = bundle.manifest.metrics["calibration"]
     assert calibration["split"] == "test" and calibration["chosen"]["f1"] == 1.0
-    assert bundle.manifest.thresholds["cry"] == pytest.approx(calibration["chosen"]["threshold"])
+    threshold = bundle.manifest.thresholds["cry"]
+    assert threshold == pytest.approx(calibration["chosen"]["threshold"], abs=1e-6)
+    # Not on the score of the clip that set it (where a runtime's rounding would flip that
+    # clip) but halfway, in logits, between the quietest cry and the loudest other clip.
+    from models.audio import load_mono
+    from models.evaluate import window_scores
+
+    model = BundleModel(bundle)
+    clip_scores = {
+        label: [
+            window_scores(model, load_mono(p), "cry").max()
+            for p in sorted((FIXTURE_AUDIO / label).glob("*.wav"))
+        ]
+        for label in ("cry", "other")
+    }
+    lowest_cry, loudest_other = min(clip_scores["cry"]), max(clip_scores["other"])
+    assert loudest_other < threshold < lowest_cry
+    assert _logit(lowest_cry) - _logit(threshold) == pytest.approx(
+        _logit(threshold) - _logit(loudest_other), abs=0.01
+    )
     assert "calibrate" in bundle.manifest.training["threshold_selection"]
