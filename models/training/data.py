@@ -46,6 +46,12 @@ def load_clips(data_root: Path, recipe: Recipe) -> list[ClipAudio]:
     """Every clip the recipe names, decoded to 16 kHz mono, with its split and group."""
     rate = recipe.features.sample_rate
     clips: list[ClipAudio] = []
+    for source in recipe.sources:  # before minutes of decoding the others
+        if source.made_by and not (data_root / source.dataset).is_dir():
+            raise ValueError(
+                f"recipe {recipe.name!r} trains on {source.dataset}/, which is not in "
+                f"{data_root}; make it with: {source.made_by}"
+            )
     for source in recipe.sources:
         dataset = read_dataset(data_root / source.dataset)
         if not source.allow_group_leak:

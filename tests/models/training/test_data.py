@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -104,3 +106,13 @@ def test_spec_augment_blanks_only_narrow_bands_and_stretches_with_the_window_mea
         outside[frames] = False
         assert not changed[outside].any()
         np.testing.assert_allclose(after[changed], before.mean(), rtol=1e-6)
+
+
+def test_a_missing_extra_dataset_says_how_to_make_it(tmp_path: Path) -> None:
+    from models.training.data import load_clips
+    from models.training.recipes import CRY_DETECTOR_EXTRA_NEGATIVES
+
+    for name in ("cry", "background", "events", "machine"):
+        (tmp_path / name).mkdir()
+    with pytest.raises(ValueError, match=r"debian_sounds/.*scripts/extra_negatives\.py"):
+        load_clips(tmp_path, CRY_DETECTOR_EXTRA_NEGATIVES)

@@ -1,0 +1,223 @@
+"""Build a training root: the development datasets plus `debian_sounds/`, extra negatives.
+
+    python scripts/extra_negatives.py --data ../shared/datasets --out out/train-data
+
+The development sets hold three minutes of training music (two tracks) and one household noise
+recording, and the detector's validation false alarms are all music and a man imitating a cat.
+This adds what Debian ships under free licences (nothing is committed to the repository; the
+packages are downloaded with `apt-get download` and unpacked, not installed):
+
+- `music/`: game soundtracks (hyperrogue, planetblupi, asc, colobot), up to three 5 s excerpts
+  per track, evenly spaced;
+- `animals/`: Tux Paint's animal stamp sounds (birds, cats, dogs, cattle, insects...);
+- `effects/`: Tux Paint's other stamp sounds (household objects, instruments, vehicles) and the
+  hyperrogue and colobot sound effects.
+
+Nothing whose name says baby, child, infant, giggle or cry is taken. Splits are by `group` (a
+music track, a stamp folder, a package's effects), hashed, about 70/15/15, so a recording never
+sits on two sides. OUT also gets a symlink to every dataset folder of `--data`, so
+`soundwarden-models train --recipe cry-detector-extra-negatives --data OUT` sees them all.
+
+The model that recipe trained (2026-11-21) was not shipped: better on validation, it raised
+false alarms on the test split's hold music (models/pretrained/README-cry-detector.md). Full-band
+game soundtracks are not 8 kHz telephone music; more negatives have to look like the rooms the
+detector listens in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from models.audio import TARGET_SAMPLE_RATE, level_dbfs, resample, to_mono
+
+EXCERPT_S = 5.0
+MUSIC_EXCERPTS = 3
+SILENT_DBFS = -50.0
+EXCLUDED_WORDS = ("baby", "child", "infant", "giggle", "cry", "_desc")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Files of one package that become clips of one label."""
+
+    package: str
+    label: str
+    pattern: str  # glob under the unpacked package
+    licence: str  # from the package's debian/copyright
+    group_by: str  # "file": each file its own group; "folder": its folder; "package": one group
+    excerpts: int = 1
+    skip: tuple[str, ...] = ()  # folders under the pattern's root to leave out
+
+
+STAMPS = "usr/share/tuxpaint/stamps"
+SELECTIONS = (
+    Selection(
+        "hyperrogue-music",
+        "music",
+        "usr/share/hyperrogue/music/*.ogg",
+        "GPL-2+",
+        "file",
+        MUSIC_EXCERPTS,
+    ),
+    Selection(
+        "planetblupi-music-ogg",
+        "music",
+        "usr/share/planetblupi/music/*.ogg",
+        "GPL-3+",
+        "file",
+        MUSIC_EXCERPTS,
+    ),
+    Selection(
+        "asc-music", "music", "usr/share/games/asc/music/*.mp3", "GPL-2+", "file", MUSIC_EXCERPTS
+    ),
+    Selection(
+        "colobot-common-sounds",
+        "music",
+        "usr/share/games/colobot/music/**/*.ogg",
+        "GPL-3+",
+        "file",
+        MUSIC_EXCERPTS,
+    ),
+    Selection(
+        "tuxpaint-stamps-default", "animals", f"{STAMPS}/animals/**/*.ogg", "GPL-2", "folder"
+    ),
+    # Every other stamp sound: the symbols are spoken letters and numbers, not effects.
+    Selection(
+        "tuxpaint-stamps-default",
+        "effects",
+        f"{STAMPS}/**/*.ogg",
+        "GPL-2",
+        "folder",
+        skip=(f"{STAMPS}/animals/", f"{STAMPS}/symbols/"),
+    ),
+    Selection(
+        "hyperrogue-music", "effects", "usr/share/hyperrogue/sounds/*.ogg", "GPL-2+", "package"
+    ),
+    Selection(
+        "colobot-common-sounds",
+        "effects",
+        "usr/share/games/colobot/sounds/*.wav",
+        "GPL-3+",
+        "package",
+    ),
+)
+
+
+def split_of(group: str) -> str:
+    """A stable split for a group: about 70% train, 15% val, 15% test."""
+    bucket = int(hashlib.sha1(group.encode()).hexdigest(), 16) % 20
+    return "train" if bucket < 14 else "val" if bucket < 17 else "test"
+
+
+def excerpts(samples: np.ndarray, count: int) -> list[tuple[float, np.ndarray]]:
+    """Up to `count` evenly spaced excerpts of EXCERPT_S (or the whole clip if shorter),
+    as (start in seconds, samples); silent ones are left out."""
+    length = int(EXCERPT_S * TARGET_SAMPLE_RATE)
+    if len(samples) <= length:
+        starts = [0]
+    else:
+        starts = np.linspace(0, len(samples) - length, count + 2)[1:-1].astype(int).tolist()
+        starts = starts if count > 1 else [0]
+    out = []
+    for start in starts:
+        piece = samples[start : start + length]
+        if level_dbfs(piece) > SILENT_DBFS:
+            out.append((start / TARGET_SAMPLE_RATE, piece))
+    return out
+
+
+def unpack(packages: set[str], work: Path) -> dict[str, tuple[Path, str]]:
+    """Download and unpack each package: {package: (root, version)}."""
+    subprocess.run(["apt-get", "download", *sorted(packages)], cwd=work, check=True)
+    roots = {}
+    for deb in sorted(work.glob("*.deb")):
+        package, version = deb.name.split("_")[:2]
+        root = work / package
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+        roots[package] = (root, version)
+    return roots
+
+
+def build(data: Path, out: Path) -> list[dict[str, str]]:
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset in sorted(p for p in data.iterdir() if (p / "manifest.csv").is_file()):
+        link = out / dataset.name
+        if not link.exists():
+            link.symlink_to(dataset.resolve())
+    target = out / "debian_sounds"
+    rows: list[dict[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = unpack({s.package for s in SELECTIONS}, Path(tmp))
+        for sel in SELECTIONS:
+            root, version = roots[sel.package]
+            files = sorted(root.glob(sel.pattern))
+            files = [
+                f
+                for f in files
+                if not any(w in f.name.lower() for w in EXCLUDED_WORDS)
+                and not f.relative_to(root).as_posix().startswith(sel.skip)
+            ]
+            for file in tqdm(files, desc=f"{sel.package} -> {sel.label}", unit="file"):
+                samples, rate = sf.read(file, dtype="float32", always_2d=True)
+                mono = resample(to_mono(samples), rate, TARGET_SAMPLE_RATE)
+                relative = file.relative_to(root)
+                group = {
+                    "file": f"{sel.package}:{relative.stem}",
+                    "folder": f"{sel.package}:{relative.parent.relative_to(STAMPS)}"
+                    if sel.package.startswith("tuxpaint")
+                    else f"{sel.package}:{relative.parent}",
+                    "package": sel.package,
+                }[sel.group_by]
+                for start, piece in excerpts(mono, sel.excerpts):
+                    name = f"{sel.package}__{relative.stem}_{int(start):04d}s.wav"
+                    (target / sel.label).mkdir(parents=True, exist_ok=True)
+                    sf.write(target / sel.label / name, piece, TARGET_SAMPLE_RATE, "PCM_16")
+                    rows.append(
+                        {
+                            "path": f"{sel.label}/{name}",
+                            "label": sel.label,
+                            "source_file": f"debian:{sel.package}:{version}:/{relative}",
+                            "duration_s": f"{len(piece) / TARGET_SAMPLE_RATE:.3f}",
+                            "split": split_of(group),
+                            "group": group,
+                            "licence": sel.licence,
+                        }
+                    )
+    with (target / "manifest.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (target / "README.md").write_text(
+        "# debian_sounds\n\nExtra negatives built by soundwarden's `scripts/extra_negatives.py` "
+        "from Debian packages (licence per clip in manifest.csv, from each package's "
+        "debian/copyright).\n"
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with cry/, events/ ...")
+    parser.add_argument("--out", type=Path, required=True, help="training root to create")
+    args = parser.parse_args()
+    rows = build(args.data, args.out)
+    print(f"{'label':8} {'split':6} {'clips':>5} {'minutes':>7}")
+    for label in sorted({r["label"] for r in rows}):
+        for split in ("train", "val", "test"):
+            chosen = [r for r in rows if r["label"] == label and r["split"] == split]
+            minutes = sum(float(r["duration_s"]) for r in chosen) / 60
+            print(f"{label:8} {split:6} {len(chosen):5d} {minutes:7.1f}")
+
+
+if __name__ == "__main__":
+    main()
