@@ -97,9 +97,16 @@ def middle_of_gap(threshold: float, scores: Array) -> float:
     slightest difference between runtimes (INT8 ONNX vs TFLite) flips that item; anywhere in
     the gap decides every item the same, and the middle is furthest from both. Logits, since
     that is the softmax's own scale: 0.9990 and 0.9999 are far apart there."""
-    below = np.asarray(scores)[np.asarray(scores) < threshold]
+    scores = np.asarray(scores)
+    below = scores[scores < threshold]
     if not below.size:
         return threshold
-    eps = 1e-12
-    low, high = (np.log(max(p, eps) / max(1 - p, eps)) for p in (float(below.max()), threshold))
-    return float(1 / (1 + np.exp(-(low + high) / 2)))
+    middle = (logit(below.max()) + logit(threshold)) / 2
+    return float(1 / (1 + np.exp(-middle)))
+
+
+def logit(p: Array | float) -> Array:
+    """log(p / (1 - p)), with p kept off 0 and 1 so a saturated softmax stays finite."""
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    odds: Array = np.log(p / (1 - p))
+    return odds

@@ -146,28 +146,21 @@ def _decision_agreement(
             scores[f"{runtime}_{precision}"] = [
                 window_scores(model, c["samples"], label) for c in test
             ]
-
-    def logit(p: np.ndarray) -> np.ndarray:
-        p = np.clip(p, 1e-9, 1 - 1e-9)
-        return np.log(p / (1 - p))
-
+    events = {
+        name: np.array([count_episodes(list(s), threshold) > 0 for s in per_clip])
+        for name, per_clip in scores.items()
+    }
     reference = np.concatenate(scores["onnx_int8"])
-    reference_events = [count_episodes(list(s), threshold) > 0 for s in scores["onnx_int8"]]
     out = {}
     for name, per_clip in scores.items():
-        windows = np.concatenate(per_clip)
-        differ = (windows >= threshold) != (reference >= threshold)
-        events = [count_episodes(list(s), threshold) > 0 for s in per_clip]
+        differ = (np.concatenate(per_clip) >= threshold) != (reference >= threshold)
+        distance = np.abs(metrics.logit(reference[differ]) - metrics.logit(threshold))
         out[name] = {
-            "windows": len(windows),
+            "windows": len(reference),
             "disagreements": int(differ.sum()),
-            "widest_disagreement_logits": round(
-                float(np.abs(logit(reference[differ]) - logit(threshold)).max(initial=0.0)), 3
-            ),
+            "widest_disagreement_logits": round(float(distance.max(initial=0.0)), 3),
             "clips": len(per_clip),
-            "event_disagreements": sum(
-                a != b for a, b in zip(events, reference_events, strict=True)
-            ),
+            "event_disagreements": int((events[name] != events["onnx_int8"]).sum()),
         }
     return out
 

@@ -54,7 +54,8 @@ class Selection:
     label: str
     pattern: str  # glob under the unpacked package
     licence: str  # from the package's debian/copyright
-    group_by: str  # "file": each file its own group; "folder": its folder; "package": one group
+    # "file": each file its own group; "folder": its stamp folder; "package": one group
+    group_by: str
     excerpts: int = 1
     skip: tuple[str, ...] = ()  # folders under the pattern's root to leave out
 
@@ -123,17 +124,25 @@ def excerpts(samples: np.ndarray, count: int) -> list[tuple[float, np.ndarray]]:
     """Up to `count` evenly spaced excerpts of EXCERPT_S (or the whole clip if shorter),
     as (start in seconds, samples); silent ones are left out."""
     length = int(EXCERPT_S * TARGET_SAMPLE_RATE)
-    if len(samples) <= length:
+    if len(samples) <= length or count == 1:
         starts = [0]
     else:
         starts = np.linspace(0, len(samples) - length, count + 2)[1:-1].astype(int).tolist()
-        starts = starts if count > 1 else [0]
     out = []
     for start in starts:
         piece = samples[start : start + length]
         if level_dbfs(piece) > SILENT_DBFS:
             out.append((start / TARGET_SAMPLE_RATE, piece))
     return out
+
+
+def group_of(sel: Selection, relative: Path) -> str:
+    """The recording a file belongs to, for the split."""
+    if sel.group_by == "file":
+        return f"{sel.package}:{relative.stem}"
+    if sel.group_by == "folder":
+        return f"{sel.package}:{relative.parent.relative_to(STAMPS)}"
+    return sel.package
 
 
 def unpack(packages: set[str], work: Path) -> dict[str, tuple[Path, str]]:
@@ -168,16 +177,12 @@ def build(data: Path, out: Path) -> list[dict[str, str]]:
                 and not f.relative_to(root).as_posix().startswith(sel.skip)
             ]
             for file in tqdm(files, desc=f"{sel.package} -> {sel.label}", unit="file"):
+                # Not load_mono: its check that every declared frame decodes refuses some of
+                # these packaged oggs over a hundred frames, which do not matter here.
                 samples, rate = sf.read(file, dtype="float32", always_2d=True)
                 mono = resample(to_mono(samples), rate, TARGET_SAMPLE_RATE)
                 relative = file.relative_to(root)
-                group = {
-                    "file": f"{sel.package}:{relative.stem}",
-                    "folder": f"{sel.package}:{relative.parent.relative_to(STAMPS)}"
-                    if sel.package.startswith("tuxpaint")
-                    else f"{sel.package}:{relative.parent}",
-                    "package": sel.package,
-                }[sel.group_by]
+                group = group_of(sel, relative)
                 for start, piece in excerpts(mono, sel.excerpts):
                     name = f"{sel.package}__{relative.stem}_{int(start):04d}s.wav"
                     (target / sel.label).mkdir(parents=True, exist_ok=True)

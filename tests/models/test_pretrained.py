@@ -10,16 +10,12 @@ import pytest
 from models.bundle import load_bundle
 from models.evaluate import evaluate
 from models.inference import BundleModel
+from models.metrics import logit
 from models.signing import TrustedKeys
 from tests.conftest import FIXTURE_AUDIO, REPO
 
 PRETRAINED = REPO / "models" / "pretrained"
 TRUSTED = TrustedKeys.from_paths([PRETRAINED / "keys"])
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(p, 1e-9, 1 - 1e-9)
-    return np.log(p / (1 - p))
 
 
 def test_cry_detector_is_signed_by_the_release_key_and_small() -> None:
@@ -55,7 +51,7 @@ def test_int8_and_float_models_make_the_same_decisions_on_real_windows() -> None
     assert np.abs(a - b).max() < 0.1
 
     # ... and identical decisions for every window not within 0.5 logits of the threshold.
-    decided = np.abs(_logit(b) - _logit(threshold)) > 0.5
+    decided = np.abs(logit(b) - logit(threshold)) > 0.5
     assert decided.mean() > 0.8
     np.testing.assert_array_equal((a >= threshold)[decided], (b >= threshold)[decided])
 
@@ -122,7 +118,7 @@ def test_calibrate_sets_the_threshold_records_it_and_re_signs(tmp_path: Path) ->
     }
     lowest_cry, loudest_other = min(clip_scores["cry"]), max(clip_scores["other"])
     assert loudest_other < threshold < lowest_cry
-    assert _logit(lowest_cry) - _logit(threshold) == pytest.approx(
-        _logit(threshold) - _logit(loudest_other), abs=0.01
+    assert logit(lowest_cry) - logit(threshold) == pytest.approx(
+        logit(threshold) - logit(loudest_other), abs=0.01
     )
     assert "calibrate" in bundle.manifest.training["threshold_selection"]
