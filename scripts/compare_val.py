@@ -45,13 +45,17 @@ def main() -> None:
     clips = load_clips(args.data, recipe)
     train = windows_for(clips, "train", recipe, recipe.train_hop_s, positive)
     augmenter = training_augmenter(clips, train, recipe)
-    clean, augmented, y = validation_features(clips, recipe, augmenter, LogMel(recipe.features))
-    truth = y == positive
     trusted = TrustedKeys.from_paths(args.trusted)
     results = {}
     print(f"{'bundle':<40} {'file':<18} {'clean':>7} {'augmented':>10} {'both':>7}")
     for path in args.bundles:
         bundle = load_bundle(path, trusted)
+        # Each bundle's own front end over the same audio: the augmentation draws from a
+        # generator seeded the same way every time, so every bundle hears identical windows.
+        clean, augmented, y = validation_features(
+            clips, recipe, augmenter, LogMel(bundle.manifest.features)
+        )
+        truth = y == positive
         for role in ("onnx", "onnx_float"):
             runtime = OnnxRuntime(bundle.path(role), threads=2)
             a = runtime.run(clean[:, None])[:, positive]
