@@ -181,6 +181,14 @@ def window_starts(n_samples: int, window: int, hop: int) -> list[int]:
     return list(range(0, n_samples - window + 1, hop))
 
 
+def low_pass(samples: FloatArray, rate: int, cutoff_hz: float) -> FloatArray:
+    """`samples` with nothing above `cutoff_hz`, same length: down to twice the cutoff and back
+    up, soxr's anti-alias filter being the low-pass, so the result sounds like a recording made
+    at that rate (an 8 kHz phone upload for 4 kHz)."""
+    low_rate = int(2 * cutoff_hz)
+    return cut(resample(resample(samples, rate, low_rate), low_rate, rate), 0, samples.shape[0])
+
+
 def cut(samples: FloatArray, start: int, window: int) -> FloatArray:
     """Exactly `window` samples from `start`, zero-padded past the end."""
     piece = samples[start : start + window]

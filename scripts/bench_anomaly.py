@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models import metrics
-from models.audio import level_dbfs, load_mono, resample
+from models.audio import level_dbfs, load_mono, low_pass
 from models.bundle import load_bundle
 from models.dataset import read_dataset
 from models.evaluate import window_scores
@@ -54,8 +54,8 @@ def tonal(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def bearing(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     noise = rng.standard_normal(len(x)).astype(np.float32)
-    band = noise - resample(resample(noise, RATE, 6000), 6000, RATE)[: len(x)]  # > 3 kHz
-    band = resample(resample(band, RATE, 10000), 10000, RATE)[: len(x)]  # < 5 kHz
+    band = noise - low_pass(noise, RATE, 3000)  # > 3 kHz
+    band = low_pass(band, RATE, 5000)  # < 5 kHz
     t = np.arange(len(x)) / RATE
     return (band * (0.5 + 0.5 * np.sin(2 * np.pi * 30 * t))).astype(np.float32)
 

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from binary_view import NEGATIVE, POSITIVE
 
 from models import metrics
-from models.audio import level_dbfs, load_mono, resample
+from models.audio import level_dbfs, load_mono, low_pass
 from models.bundle import load_bundle
 from models.dataset import read_dataset
 from models.detection import count_episodes
@@ -85,12 +85,6 @@ def _mix(cry: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
     return np.clip(cry + noise * np.float32(gain), -1, 1).astype(np.float32)
 
 
-def _low_pass(x: np.ndarray) -> np.ndarray:
-    low = int(2 * LOW_PASS_HZ)
-    y = resample(resample(x, RATE, low), low, RATE)
-    return np.pad(y, (0, max(0, len(x) - len(y))))[: len(x)]
-
-
 def variants(test: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     rng = np.random.default_rng(SEED)
     negatives = [c for c in test if not c["positive"]]
@@ -107,7 +101,9 @@ def variants(test: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
             else c
             for c in test
         ]
-    out["lowpass_3.8kHz"] = [{**c, "samples": _low_pass(c["samples"])} for c in test]
+    out["lowpass_3.8kHz"] = [
+        {**c, "samples": low_pass(c["samples"], RATE, LOW_PASS_HZ)} for c in test
+    ]
     return out
 
 

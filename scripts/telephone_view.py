@@ -24,7 +24,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
-from models.audio import TARGET_SAMPLE_RATE, cut, load_mono, resample
+from models.audio import TARGET_SAMPLE_RATE, load_mono, low_pass
 from models.dataset import read_dataset
 
 TELEPHONE_RATE = 8000
@@ -53,15 +53,8 @@ def build(view: Path, extra: Path, out: Path) -> list[dict[str, str]]:
     negatives = [c for c in read_dataset(extra).clips if c.split == "val"]
     for clip in tqdm(negatives, desc="telephone channel", unit="clip"):
         samples = load_mono(clip.path, TARGET_SAMPLE_RATE)
-        narrow = resample(
-            resample(samples, TARGET_SAMPLE_RATE, TELEPHONE_RATE),
-            TELEPHONE_RATE,
-            TARGET_SAMPLE_RATE,
-        )
-        for bandwidth, audio in (
-            ("full-band", samples),
-            ("8k-origin", cut(narrow, 0, len(samples))),
-        ):
+        narrow = low_pass(samples, TARGET_SAMPLE_RATE, TELEPHONE_RATE / 2)
+        for bandwidth, audio in (("full-band", samples), ("8k-origin", narrow)):
             name = f"{clip.label}__{bandwidth}__{clip.path.stem}.wav"
             sf.write(out / "other" / name, audio, TARGET_SAMPLE_RATE, "PCM_16")
             rows.append(

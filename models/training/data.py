@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from models.audio import cut, energy_gate, level_dbfs, load_mono, resample, window_starts
+from models.audio import cut, energy_gate, level_dbfs, load_mono, low_pass, window_starts
 from models.dataset import read_dataset
 from models.frontend import LogMel
 from models.training.recipes import Augmentation, Recipe
@@ -112,7 +112,7 @@ class Augmenter:
         if mix and self.negatives and rng.random() < aug.mix_prob:
             x = self._mix(x, self.negatives[int(rng.integers(len(self.negatives)))], rng)
         if rng.random() < aug.band_limit_prob:
-            x = self._low_pass(x, float(rng.uniform(*aug.cutoff_hz)))
+            x = low_pass(x, self.rate, float(rng.uniform(*aug.cutoff_hz)))
         x *= np.float32(10 ** (rng.uniform(*aug.gain_db) / 20))
         floor = np.float32(10 ** (rng.uniform(*aug.noise_floor_dbfs) / 20))
         x += rng.standard_normal(x.shape[0], dtype=np.float32) * floor
@@ -146,13 +146,6 @@ class Augmenter:
             return x
         gain = 10 ** ((x_level - snr - n_level) / 20)
         return (x + noise * np.float32(gain)).astype(np.float32)
-
-    def _low_pass(self, x: FloatArray, cutoff_hz: float) -> FloatArray:
-        # Down to twice the cutoff and back up: soxr's anti-alias filter is the low-pass, and
-        # the result sounds like the band-limited recordings (8 kHz phone audio) it imitates.
-        low_rate = int(2 * cutoff_hz)
-        y = resample(resample(x, self.rate, low_rate), low_rate, self.rate)
-        return cut(y, 0, x.shape[0])
 
 
 def features_of(

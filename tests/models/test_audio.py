@@ -164,3 +164,15 @@ def test_short_speech_clip_keeps_its_length() -> None:
     audio = read_audio(SPEECH)
     assert audio.sample_rate == 16000
     assert audio.duration_s == pytest.approx(0.224, abs=0.01)
+
+
+def test_low_pass_keeps_the_length_and_nothing_above_the_cutoff() -> None:
+    from models.audio import low_pass
+
+    noise = np.random.default_rng(0).standard_normal(16001).astype(np.float32) * 0.1
+    out = low_pass(noise, 16000, 3000.0)
+    power = np.abs(np.fft.rfft(out)) ** 2
+    freqs = np.fft.rfftfreq(out.shape[0], 1 / 16000)
+    assert out.shape == noise.shape
+    assert power[freqs > 3100].sum() < 1e-3 * power.sum()
+    assert power[freqs < 2500].sum() > 0.8 * power.sum()  # flat noise: 2.45 of its 3 kHz
