@@ -11,6 +11,7 @@ turns it into an error for whoever needs honest splits, such as training.
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import soundfile as sf
 
+from models.atomic import atomic_write_bytes
 from models.audio import is_audio_file
 
 MANIFEST_NAME = "manifest.csv"
@@ -89,6 +91,15 @@ def read_dataset(root: str | Path) -> Dataset:
     return Dataset(
         root=root, clips=clips, has_manifest=manifest.is_file(), warnings=_split_leaks(clips)
     )
+
+
+def write_manifest(root: Path, rows: list[dict[str, str]], columns: list[str]) -> None:
+    """`root/manifest.csv` with `columns` and one row per clip, written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(root / MANIFEST_NAME, text.getvalue().encode("utf-8"))
 
 
 def _audio_files_by_label(root: Path, problems: list[str]) -> set[str]:

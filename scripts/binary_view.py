@@ -11,10 +11,9 @@ manifest keeps split and group and adds `source` (dataset/label) and `bandwidth`
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
-from models.dataset import read_dataset
+from models.dataset import read_dataset, write_manifest
 
 POSITIVE = {("cry", None), ("events", "crying_baby")}
 NEGATIVE = {
@@ -68,10 +67,7 @@ def build(data: Path, out: Path) -> int:
                         "bandwidth": _bandwidth(dataset_name, clip.extra),
                     }
                 )
-    with (out / "manifest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(out, rows, list(rows[0]))
     return len(rows)
 
 

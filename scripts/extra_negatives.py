@@ -27,7 +27,6 @@ detector listens in.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from models.audio import TARGET_SAMPLE_RATE, level_dbfs, resample, to_mono
+from models.dataset import write_manifest
 
 EXCERPT_S = 5.0
 MUSIC_EXCERPTS = 3
@@ -198,10 +198,7 @@ def build(data: Path, out: Path) -> list[dict[str, str]]:
                             "licence": sel.licence,
                         }
                     )
-    with (target / "manifest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(target, rows, list(rows[0]))
     (target / "README.md").write_text(
         "# debian_sounds\n\nExtra negatives built by soundwarden's `scripts/extra_negatives.py` "
         "from Debian packages (licence per clip in manifest.csv, from each package's "

@@ -18,14 +18,13 @@ Only `val` clips are written; `test` is never read.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import soundfile as sf
 from tqdm import tqdm
 
 from models.audio import TARGET_SAMPLE_RATE, load_mono, low_pass
-from models.dataset import read_dataset
+from models.dataset import read_dataset, write_manifest
 
 TELEPHONE_RATE = 8000
 
@@ -77,10 +76,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rows = build(args.view, args.extra, args.out)
-    with (args.out / "manifest.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(args.out, rows, list(rows[0]))
     print(f"{len(rows)} clips under {args.out}")
 
 

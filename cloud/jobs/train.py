@@ -9,7 +9,6 @@ comparison with the current model runs both through the edge's runtime on `test`
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections import Counter
@@ -25,6 +24,7 @@ from cloud.jobs.core import JobContext, job
 from cloud.splits import SPLITS, split_of
 from cloud.tables import Clip
 from models.bundle import Manifest, load_bundle, sign_bundle, update_manifest
+from models.dataset import write_manifest
 from models.frontend import FrontendConfig
 from models.training.recipes import RECIPES, YOLO_CONFIGS, Recipe, Source
 
@@ -92,10 +92,7 @@ def export_dataset(ctx: JobContext, labels: list[str], root: Path) -> dict[str, 
         counts[split][label] += 1
         rows.append({"path": rel, "label": label, "split": split, "group": group_id})
         ctx.progress(0.1 * n / len(clips), f"exporting labelled clips ({n}/{len(clips)})")
-    with (root / "manifest.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "split", "group"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(root, rows, ["path", "label", "split", "group"])
     table: dict[str, dict[str, int]] = {
         split: {label: counts[split][label] for label in labels} for split in SPLITS
     }
