@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import metrics
 from models.bundle import load_bundle
-from models.frontend import LogMel
+from models.frontend import FrontendConfig, LogMel
 from models.runtimes.onnx import OnnxRuntime
 from models.signing import TrustedKeys
 from models.training.data import (
@@ -47,14 +47,17 @@ def main() -> None:
     augmenter = training_augmenter(clips, train, recipe)
     trusted = TrustedKeys.from_paths(args.trusted)
     results = {}
+    # Each bundle's own front end over the same audio: the augmentation draws from a generator
+    # seeded the same way every time, so every bundle hears identical windows. Computed once
+    # per distinct front end.
+    features: dict[FrontendConfig, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     print(f"{'bundle':<40} {'file':<18} {'clean':>7} {'augmented':>10} {'both':>7}")
     for path in args.bundles:
         bundle = load_bundle(path, trusted)
-        # Each bundle's own front end over the same audio: the augmentation draws from a
-        # generator seeded the same way every time, so every bundle hears identical windows.
-        clean, augmented, y = validation_features(
-            clips, recipe, augmenter, LogMel(bundle.manifest.features)
-        )
+        frontend = bundle.manifest.features
+        if frontend not in features:
+            features[frontend] = validation_features(clips, recipe, augmenter, LogMel(frontend))
+        clean, augmented, y = features[frontend]
         truth = y == positive
         for role in ("onnx", "onnx_float"):
             runtime = OnnxRuntime(bundle.path(role), threads=2)
