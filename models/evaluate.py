@@ -6,6 +6,11 @@ silence between cries (`models.audio.energy_gate`, the gate training uses)
 count neither as hits nor as misses. Clip level: a clip's score is its highest window score.
 False alarms per hour: every negative clip of the split played as one continuous stream
 through the episode logic of `models.detection`.
+
+Each ROC-AUC comes with a 95% interval from redrawing whole manifest groups (recorders,
+speakers, recordings), and the window level says which groups its ranking loses on: a few
+hundred test clips from a few dozen recorders leave a wide margin, and one long recording can
+carry most of the loss.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from models.inference import BundleModel
 
 EDGE_HOP_S = 0.25
 MAX_SUBGROUP_VALUES = 12
+LOSS_GROUPS_SHOWN = 5
 
 
 class EvaluationError(ValueError):
@@ -80,6 +86,7 @@ def evaluate(
     per_clip: list[dict[str, Any]] = []
     kept_scores: list[np.ndarray] = []
     window_truth: list[np.ndarray] = []
+    window_groups: list[str] = []
     negative_stream: list[float] = []
     negative_seconds = 0.0
     for clip in tqdm(clips, desc="evaluate", unit="clip"):
@@ -100,6 +107,7 @@ def evaluate(
         kept = scores[keep] if keep is not None else scores
         kept_scores.append(kept)
         window_truth.append(np.full(len(kept), is_pos))
+        window_groups += [_group(clip)] * len(kept)
         if not is_pos:
             negative_stream += scores.tolist()
             negative_seconds += len(samples) / cfg.sample_rate
@@ -110,7 +118,7 @@ def evaluate(
     c_truth = np.array([c["positive"] for c in per_clip])
     neg = 1 - pos
 
-    def report(truth: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    def report(truth: np.ndarray, scores: np.ndarray, groups: list[str]) -> dict[str, Any]:
         labels_true = np.where(truth, pos, neg)
         predicted = np.where(scores >= threshold, pos, neg)
         majority = pos if truth.mean() > 0.5 else neg
@@ -121,6 +129,9 @@ def evaluate(
             "count": len(truth),
             "positives": int(truth.sum()),
             "roc_auc": metrics.roc_auc(truth, scores),
+            "roc_auc_interval": metrics.group_bootstrap(
+                lambda idx: metrics.roc_auc(truth[idx], scores[idx]), np.array(groups), truth
+            ),
             **metrics.classification_report(labels_true, predicted, manifest.labels),
             "majority_baseline": {
                 "predicts": manifest.labels[majority],
@@ -138,8 +149,11 @@ def evaluate(
         "data": str(data_dir),
         "split": split,
         "threshold": threshold,
-        "window": report(w_truth, w_scores),
-        "clip": report(c_truth, c_scores),
+        "window": {
+            **report(w_truth, w_scores, window_groups),
+            "ranking_loss_by_group": _ranking_loss_by_group(w_truth, w_scores, window_groups),
+        },
+        "clip": report(c_truth, c_scores, [_group(c["clip"]) for c in per_clip]),
         "false_alarms": {
             "episodes": episodes,
             "negative_hours": round(hours, 4),
@@ -147,6 +161,28 @@ def evaluate(
         },
         "subgroups": _subgroups(per_clip, threshold),
     }
+
+
+def _group(clip: Clip) -> str:
+    return clip.group or str(clip.path)
+
+
+def _ranking_loss_by_group(
+    truth: np.ndarray, scores: np.ndarray, groups: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """The groups carrying most of 1 - ROC-AUC, on each side: negatives scored over cries and
+    cries scored under negatives. A side's shares over all its groups sum to 1 - ROC-AUC."""
+    shares = metrics.auc_loss_shares(truth, scores)
+    out = {}
+    for side, members in (("negatives", ~truth), ("positives", truth)):
+        totals: dict[str, list[float]] = defaultdict(list)
+        for group, share in zip(np.array(groups)[members], shares[members], strict=True):
+            totals[group].append(float(share))
+        worst = sorted(totals.items(), key=lambda kv: -sum(kv[1]))[:LOSS_GROUPS_SHOWN]
+        out[side] = [
+            {"group": g, "windows": len(v), "share": sum(v)} for g, v in worst if sum(v) > 0
+        ]
+    return out
 
 
 def _subgroups(per_clip: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
@@ -201,16 +237,22 @@ def format_report(result: dict[str, Any]) -> str:
     for level in ("window", "clip"):
         r = result[level]
         b = r["majority_baseline"]
+        low, high = r["roc_auc_interval"]
         lines.append(
             f"{level:<7} {r['count']:>6} {r['positives']:>5} {r['roc_auc']:>8.4f} "
             f"{r['accuracy']:>6.3f} {r['macro_f1']:>8.3f} "
-            f"{b['accuracy']:>8.3f}/{b['macro_f1']:.3f}"
+            f"{b['accuracy']:>8.3f}/{b['macro_f1']:.3f}   ROC-AUC 95% [{low:.4f}, {high:.4f}]"
         )
         for label, c in r["per_class"].items():
             lines.append(
                 f"  {label:<10} P {c['precision']:.3f}  R {c['recall']:.3f}  "
                 f"F1 {c['f1']:.3f}  n {c['support']}"
             )
+    for side, worst in result["window"]["ranking_loss_by_group"].items():
+        lines.append(
+            f"window ROC-AUC lost on {side}: "
+            + (", ".join(f"{w['group']} {w['share']:.4f}" for w in worst) or "none")
+        )
     fa = result["false_alarms"]
     lines.append(
         f"false alarms: {fa['episodes']} episodes in {fa['negative_hours']:.2f} h of "

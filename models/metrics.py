@@ -14,19 +14,66 @@ Array = npt.NDArray[Any]
 def roc_auc(positive: Array, scores: Array) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties counted half). NaN with one class only."""
     positive = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-    if n_pos == 0 or n_neg == 0:
+    if positive.all() or not positive.any():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = np.asarray(scores)[order]
-    # Average ranks over ties.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [len(scores)]))
-    for s, e in zip(starts, ends, strict=True):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return 1.0 - float(auc_loss_shares(positive, scores)[~positive].sum())
+
+
+def auc_loss_shares(positive: Array, scores: Array) -> npt.NDArray[np.float64]:
+    """Each negative window's share of 1 - ROC-AUC (the positives scoring under it, ties half,
+    over all positive-negative pairs) and likewise each positive's (the negatives over it).
+    Either side sums to 1 - ROC-AUC, so grouping a side's shares says which recordings the
+    ranking loses on."""
+    positive = np.asarray(positive, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    pos, neg = np.sort(scores[positive]), np.sort(scores[~positive])
+    pairs = max(len(pos) * len(neg), 1)
+
+    def outranked(sorted_other: Array, values: Array, above: bool) -> Array:
+        below = np.searchsorted(sorted_other, values, "left")
+        not_above = np.searchsorted(sorted_other, values, "right")
+        ties = not_above - below
+        return ((len(sorted_other) - not_above) if above else below) + 0.5 * ties
+
+    shares = np.empty(len(scores), dtype=np.float64)
+    shares[~positive] = outranked(pos, scores[~positive], above=False) / pairs
+    shares[positive] = outranked(neg, scores[positive], above=True) / pairs
+    return shares
+
+
+def group_bootstrap(
+    statistic: Callable[[npt.NDArray[np.intp]], float],
+    groups: Array,
+    strata: Array,
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of `statistic(indices)` when the evaluation is redrawn: whole groups
+    (recorders, speakers, recordings) with replacement, as many per stratum (class) as it has;
+    a group belongs to the stratum of its first window.
+    Windows of one recording are not independent, so resampling windows would give intervals
+    far too narrow; NaN resamples (one class missing) are dropped."""
+    groups, strata = np.asarray(groups), np.asarray(strata)
+    members: dict[Any, npt.NDArray[np.intp]] = {
+        g: np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())
+    }
+    by_stratum: dict[Any, list[Any]] = {}
+    for g, idx in members.items():
+        by_stratum.setdefault(strata[idx[0]].item(), []).append(g)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        drawn = [
+            members[names[i]]
+            for names in by_stratum.values()
+            for i in rng.integers(len(names), size=len(names))
+        ]
+        values.append(statistic(np.concatenate(drawn)))
+    finite = np.array(values)[np.isfinite(values)]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
 
 
 def roc_curve(positive: Array, scores: Array) -> tuple[Array, Array, Array]:

@@ -22,6 +22,56 @@ def test_roc_auc_matches_scikit_learn() -> None:
     assert metrics.roc_auc(truth, scores) == pytest.approx(sklearn.roc_auc_score(truth, scores))
 
 
+def test_auc_loss_shares_say_which_windows_the_ranking_loses_on() -> None:
+    truth = np.array([1, 1, 1, 0, 0, 0], dtype=bool)
+    scores = np.array([0.9, 0.8, 0.3, 0.1, 0.2, 0.85])  # one loud negative, one quiet positive
+    shares = metrics.auc_loss_shares(truth, scores)
+    loss = 1 - metrics.roc_auc(truth, scores)
+    assert shares[~truth].sum() == pytest.approx(loss)
+    assert shares[truth].sum() == pytest.approx(loss)
+    # The 0.85 negative outranks two of three positives; the 0.3 positive is outranked once.
+    assert shares[5] == pytest.approx(2 / 9)
+    assert shares[2] == pytest.approx(1 / 9)
+    assert shares[3] == shares[4] == 0
+
+
+def _recordings(n_groups: int, windows: int, seed: int) -> tuple[np.ndarray, ...]:
+    """Windows of recordings whose scores share a per-recording offset, as real ones do."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(n_groups) % 2 == 0, windows)
+    offset = np.repeat(rng.normal(0, 1, n_groups), windows)
+    scores = truth * 1.0 + offset + rng.normal(0, 0.2, len(truth))
+    groups = np.repeat(np.arange(n_groups), windows)
+    return truth, scores, groups
+
+
+def test_group_bootstrap_interval_is_wider_than_pretending_windows_are_independent() -> None:
+    truth, scores, groups = _recordings(n_groups=20, windows=30, seed=5)
+
+    def auc(idx: np.ndarray) -> float:
+        return metrics.roc_auc(truth[idx], scores[idx])
+
+    low, high = metrics.group_bootstrap(auc, groups, truth, resamples=300)
+    naive_low, naive_high = metrics.group_bootstrap(
+        auc, np.arange(len(truth)), truth, resamples=300
+    )
+    assert low < metrics.roc_auc(truth, scores) < high
+    assert high - low > 2 * (naive_high - naive_low)
+    assert metrics.group_bootstrap(auc, groups, truth, resamples=300) == (low, high)
+
+
+def test_group_bootstrap_keeps_both_classes_in_every_resample() -> None:
+    truth, scores, groups = _recordings(n_groups=4, windows=5, seed=1)
+    seen: list[int] = []
+
+    def positives(idx: np.ndarray) -> float:
+        seen.append(int(truth[idx].sum()))
+        return metrics.roc_auc(truth[idx], scores[idx])
+
+    metrics.group_bootstrap(positives, groups, truth, resamples=50)
+    assert seen == [10] * 50  # two positive recordings of five windows drawn every time
+
+
 def test_classification_report_counts() -> None:
     report = metrics.classification_report(
         np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 0]), ["cry", "other"]

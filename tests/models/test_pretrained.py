@@ -32,6 +32,30 @@ def test_cry_detector_hears_both_shipped_cries_and_not_the_spoken_digits() -> No
     assert result["clip"]["per_class"]["other"]["recall"] == 1.0
 
 
+def test_evaluate_names_the_recording_the_ranking_loses_on(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from models.evaluate import format_report
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE_AUDIO, data)
+    # A cry filed as a negative of its own group: every window of it outranks real cries' quiet
+    # windows, so the window ranking loss has to be pinned on that group.
+    shutil.copy(data / "cry" / "donateacry_android_035c6b30.wav", data / "other" / "filed.wav")
+    with (data / "manifest.csv").open("a") as manifest:
+        manifest.write("other/filed.wav,other,test,mislabelled:cry,8k-origin,copy,DbCL-1.0\n")
+
+    result = evaluate(load_bundle(PRETRAINED / "cry-detector", TRUSTED), data, split=None)
+    window = result["window"]
+    worst = window["ranking_loss_by_group"]["negatives"]
+    assert worst[0]["group"] == "mislabelled:cry"
+    assert sum(w["share"] for w in worst) == pytest.approx(1 - window["roc_auc"])
+    low, high = window["roc_auc_interval"]
+    assert low < window["roc_auc"] <= high  # redraws with the filed cry twice score lower
+    assert "lost on negatives: mislabelled:cry" in format_report(result)
+
+
 def test_int8_and_float_models_make_the_same_decisions_on_real_windows() -> None:
     pytest.importorskip("onnxruntime")
     from models.audio import load_mono
