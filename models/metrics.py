@@ -76,6 +76,24 @@ def group_bootstrap(
     return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
 
 
+def poisson_rate_upper(count: int, exposure: float, level: float = 0.95) -> float:
+    """One-sided upper confidence bound on a rate from `count` events in `exposure` (hours):
+    the rate under which seeing `count` or fewer would happen only 1 - `level` of the time.
+    No false alarm in 6 minutes still allows 30 per hour."""
+    if exposure <= 0:
+        return float("inf")
+
+    def at_most_count(rate: float) -> float:
+        terms = np.cumprod(np.r_[1.0, rate / np.arange(1, count + 1)])
+        return float(np.exp(-rate) * terms.sum())
+
+    low, high = 0.0, count + 10.0 * (count + 1)  # far above the bound, so the chance is tiny
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if at_most_count(mid) > 1 - level else (low, mid)
+    return high / exposure
+
+
 def roc_curve(positive: Array, scores: Array) -> tuple[Array, Array, Array]:
     """False-positive rates, true-positive rates and thresholds, from the strictest down."""
     positive = np.asarray(positive, dtype=bool)

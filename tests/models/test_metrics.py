@@ -72,6 +72,16 @@ def test_group_bootstrap_keeps_both_classes_in_every_resample() -> None:
     assert seen == [10] * 50  # two positive recordings of five windows drawn every time
 
 
+def test_poisson_rate_upper_bounds_what_a_clean_count_proves() -> None:
+    # The textbook values: no event allows -ln(0.05) = 3.0 per unit, one event 4.74.
+    assert metrics.poisson_rate_upper(0, 1.0) == pytest.approx(2.9957, abs=1e-3)
+    assert metrics.poisson_rate_upper(1, 1.0) == pytest.approx(4.7439, abs=1e-3)
+    assert metrics.poisson_rate_upper(10, 2.0) == pytest.approx(16.962 / 2, abs=1e-3)
+    # No false alarm in six minutes does not show fewer than 0.5 per hour; in ten hours it does.
+    assert metrics.poisson_rate_upper(0, 0.1) > 29
+    assert metrics.poisson_rate_upper(0, 10.0) < 0.5
+
+
 def test_classification_report_counts() -> None:
     report = metrics.classification_report(
         np.array([0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 0]), ["cry", "other"]
