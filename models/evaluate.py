@@ -17,6 +17,7 @@ carry most of the loss.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,22 +65,40 @@ def window_scores(model: BundleModel, samples: np.ndarray, label: str) -> np.nda
     return scores
 
 
-def evaluate(
+@dataclass(frozen=True)
+class Scores:
+    """What a bundle made of a split: the windows `evaluate` counts (silence inside cries left
+    out) with their recordings' groups, each clip's highest window, and the negative audio as
+    one stream."""
+
+    bundle: Bundle
+    data_dir: Path
+    split: str | None
+    runtime: str
+    precision: str
+    windows: np.ndarray
+    window_truth: np.ndarray
+    window_groups: np.ndarray
+    per_clip: list[dict[str, Any]]
+    negative_stream: list[float]
+    negative_seconds: float
+
+
+def score(
     bundle: Bundle,
     data_dir: Path,
     *,
     split: str | None = "test",
     runtime: str = "onnx",
     precision: str = "int8",
-) -> dict[str, Any]:
+) -> Scores:
     manifest = bundle.manifest
     dataset = read_dataset(data_dir)
     _require_bundle_labels(dataset, manifest, data_dir)
     clips = dataset.split(split) if split else dataset.clips
     if not clips:
         raise EvaluationError(f"{data_dir}: no clips in split {split!r}")
-    (positive_label, threshold), *_ = manifest.thresholds.items()
-    pos = manifest.labels.index(positive_label)
+    positive_label = next(iter(manifest.thresholds))
     model = BundleModel(bundle, runtime=runtime, precision=precision)  # type: ignore[arg-type]
     cfg = manifest.features
     window, hop = cfg.window_samples, int(EDGE_HOP_S * cfg.sample_rate)
@@ -113,13 +132,42 @@ def evaluate(
             negative_stream += scores.tolist()
             negative_seconds += len(samples) / cfg.sample_rate
         per_clip.append({"clip": clip, "score": float(scores.max()), "positive": is_pos})
+    return Scores(
+        bundle=bundle,
+        data_dir=data_dir,
+        split=split,
+        runtime=runtime,
+        precision=precision,
+        windows=np.concatenate(kept_scores),
+        window_truth=np.concatenate(window_truth),
+        window_groups=np.array(window_groups),
+        per_clip=per_clip,
+        negative_stream=negative_stream,
+        negative_seconds=negative_seconds,
+    )
 
-    w_scores, w_truth = np.concatenate(kept_scores), np.concatenate(window_truth)
-    c_scores = np.array([c["score"] for c in per_clip])
-    c_truth = np.array([c["positive"] for c in per_clip])
+
+def evaluate(
+    bundle: Bundle,
+    data_dir: Path,
+    *,
+    split: str | None = "test",
+    runtime: str = "onnx",
+    precision: str = "int8",
+) -> dict[str, Any]:
+    return summarise(score(bundle, data_dir, split=split, runtime=runtime, precision=precision))
+
+
+def summarise(scored: Scores) -> dict[str, Any]:
+    manifest = scored.bundle.manifest
+    (positive_label, threshold), *_ = manifest.thresholds.items()
+    pos = manifest.labels.index(positive_label)
     neg = 1 - pos
+    per_clip = scored.per_clip
+    w_scores, w_truth, w_groups = scored.windows, scored.window_truth, scored.window_groups
+    c_scores, c_truth, c_groups = _clip_arrays(per_clip)
 
-    def report(truth: np.ndarray, scores: np.ndarray, groups: list[str]) -> dict[str, Any]:
+    def report(truth: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
         labels_true = np.where(truth, pos, neg)
         predicted = np.where(scores >= threshold, pos, neg)
         majority = pos if truth.mean() > 0.5 else neg
@@ -131,7 +179,7 @@ def evaluate(
             "positives": int(truth.sum()),
             "roc_auc": metrics.roc_auc(truth, scores),
             "roc_auc_interval": metrics.group_bootstrap(
-                lambda idx: metrics.roc_auc(truth[idx], scores[idx]), np.array(groups), truth
+                lambda idx: metrics.roc_auc(truth[idx], scores[idx]), groups, truth
             ),
             **metrics.classification_report(labels_true, predicted, manifest.labels),
             "majority_baseline": {
@@ -141,20 +189,20 @@ def evaluate(
             },
         }
 
-    episodes = count_episodes(negative_stream, threshold)
-    hours = negative_seconds / 3600
+    episodes = count_episodes(scored.negative_stream, threshold)
+    hours = scored.negative_seconds / 3600
     return {
         "bundle": {"name": manifest.name, "version": manifest.version},
-        "runtime": runtime,
-        "precision": precision,
-        "data": str(data_dir),
-        "split": split,
+        "runtime": scored.runtime,
+        "precision": scored.precision,
+        "data": str(scored.data_dir),
+        "split": scored.split,
         "threshold": threshold,
         "window": {
-            **report(w_truth, w_scores, window_groups),
-            "ranking_loss_by_group": _ranking_loss_by_group(w_truth, w_scores, window_groups),
+            **report(w_truth, w_scores, w_groups),
+            "ranking_loss_by_group": _ranking_loss_by_group(w_truth, w_scores, w_groups),
         },
-        "clip": report(c_truth, c_scores, [_group(c["clip"]) for c in per_clip]),
+        "clip": report(c_truth, c_scores, c_groups),
         "false_alarms": {
             "episodes": episodes,
             "negative_hours": round(hours, 4),
@@ -165,12 +213,54 @@ def evaluate(
     }
 
 
+def paired_difference(new: Scores, old: Scores) -> dict[str, dict[str, float | None]] | None:
+    """`new`'s window and clip ROC-AUC minus `old`'s on the same split, each with a 95%
+    interval from redrawing the same groups for both models: whether a change is more than the
+    luck of which recordings were labelled (no interval, None bounds, with one group per
+    class). None when the two did not score the same windows (another window length or sample
+    rate)."""
+    if not (
+        np.array_equal(new.window_truth, old.window_truth)
+        and np.array_equal(new.window_groups, old.window_groups)
+        and [c["clip"] for c in new.per_clip] == [c["clip"] for c in old.per_clip]
+    ):
+        return None
+    new_clips, old_clips = _clip_arrays(new.per_clip), _clip_arrays(old.per_clip)
+    out = {}
+    for level, (truth, groups, a, b) in {
+        "window": (new.window_truth, new.window_groups, new.windows, old.windows),
+        "clip": (new_clips[1], new_clips[2], new_clips[0], old_clips[0]),
+    }.items():
+
+        def difference(
+            idx: np.ndarray, truth: np.ndarray = truth, a: np.ndarray = a, b: np.ndarray = b
+        ) -> float:
+            return metrics.roc_auc(truth[idx], a[idx]) - metrics.roc_auc(truth[idx], b[idx])
+
+        interval = metrics.group_bootstrap(difference, groups, truth)
+        out[f"{level}_roc_auc"] = {
+            "difference": difference(np.arange(len(truth))),
+            "low": interval[0] if interval else None,
+            "high": interval[1] if interval else None,
+        }
+    return out
+
+
+def _clip_arrays(per_clip: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip scores, truth and groups."""
+    return (
+        np.array([c["score"] for c in per_clip]),
+        np.array([c["positive"] for c in per_clip]),
+        np.array([_group(c["clip"]) for c in per_clip]),
+    )
+
+
 def _group(clip: Clip) -> str:
     return clip.group or str(clip.path)
 
 
 def _ranking_loss_by_group(
-    truth: np.ndarray, scores: np.ndarray, groups: list[str]
+    truth: np.ndarray, scores: np.ndarray, groups: np.ndarray
 ) -> dict[str, list[dict[str, Any]]]:
     """The groups carrying most of 1 - ROC-AUC, on each side: negatives scored over cries and
     cries scored under negatives. A side's shares over all its groups sum to 1 - ROC-AUC."""
@@ -178,7 +268,7 @@ def _ranking_loss_by_group(
     out = {}
     for side, members in (("negatives", ~truth), ("positives", truth)):
         totals: dict[str, list[float]] = defaultdict(list)
-        for group, share in zip(np.array(groups)[members], shares[members], strict=True):
+        for group, share in zip(groups[members], shares[members], strict=True):
             totals[group].append(float(share))
         worst = sorted(totals.items(), key=lambda kv: -sum(kv[1]))[:LOSS_GROUPS_SHOWN]
         out[side] = [
@@ -239,11 +329,12 @@ def format_report(result: dict[str, Any]) -> str:
     for level in ("window", "clip"):
         r = result[level]
         b = r["majority_baseline"]
-        low, high = r["roc_auc_interval"]
+        interval = r["roc_auc_interval"]
         lines.append(
             f"{level:<7} {r['count']:>6} {r['positives']:>5} {r['roc_auc']:>8.4f} "
             f"{r['accuracy']:>6.3f} {r['macro_f1']:>8.3f} "
-            f"{b['accuracy']:>8.3f}/{b['macro_f1']:.3f}   ROC-AUC 95% [{low:.4f}, {high:.4f}]"
+            f"{b['accuracy']:>8.3f}/{b['macro_f1']:.3f}   ROC-AUC 95% "
+            + (f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "n/a (one group)")
         )
         for label, c in r["per_class"].items():
             lines.append(

@@ -49,12 +49,13 @@ def group_bootstrap(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-) -> tuple[float, float]:
+) -> tuple[float, float] | None:
     """Percentile interval of `statistic(indices)` when the evaluation is redrawn: whole groups
     (recorders, speakers, recordings) with replacement, as many per stratum (class) as it has;
     a group belongs to the stratum of its first window.
     Windows of one recording are not independent, so resampling windows would give intervals
-    far too narrow; NaN resamples (one class missing) are dropped."""
+    far too narrow; NaN resamples (one class missing) are dropped. None when a stratum has a
+    single group: redrawing it cannot show how much the result owes to that one recording."""
     groups, strata = np.asarray(groups), np.asarray(strata)
     members: dict[Any, npt.NDArray[np.intp]] = {
         g: np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())
@@ -62,6 +63,8 @@ def group_bootstrap(
     by_stratum: dict[Any, list[Any]] = {}
     for g, idx in members.items():
         by_stratum.setdefault(strata[idx[0]].item(), []).append(g)
+    if min(len(names) for names in by_stratum.values()) < 2:
+        return None
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):

@@ -110,7 +110,9 @@ def paired_differences(
                 truth[idx], reference[idx]
             )
 
-        low, high = metrics.group_bootstrap(difference, groups, truth)
+        interval = metrics.group_bootstrap(difference, groups, truth)
+        assert interval is not None  # validation has dozens of recorders per class
+        low, high = interval
         point = difference(np.arange(len(truth)))
         out[str(path)] = {"minus": str(first), "difference": point, "low": low, "high": high}
         print(f"{path} minus {first}, clean INT8: {point:+.4f} (95% [{low:+.4f}, {high:+.4f}])")

@@ -392,18 +392,40 @@ FALSE_ALARMS = "False alarms per hour of negative audio"  # the one line where l
 
 @dataclass(frozen=True)
 class MetricRow:
-    """One line of the side-by-side comparison; `deployed` is None without a deployed model."""
+    """One line of the side-by-side comparison; `deployed` is None without a deployed model,
+    `interval` the 95% interval of new minus deployed where the job measured one."""
 
     name: str
     new: float
     deployed: float | None
+    interval: tuple[float, float] | None = None
+    single_group: bool = False  # every test clip of a label from one group: no interval
 
     @property
-    def better(self) -> bool | None:
-        """Whether the new model does better on this line (None: nothing to compare, or a tie)."""
-        if self.deployed is None or self.new == self.deployed:
+    def verdict(self) -> str | None:
+        """'better', 'worse', 'same', 'within noise' when the interval holds no change at all,
+        or 'untested' when one recording group per label leaves nothing to redraw; None with
+        nothing to compare."""
+        if self.deployed is None:
             return None
-        return (self.new > self.deployed) != (self.name == FALSE_ALARMS)
+        if self.new == self.deployed:
+            return "same"
+        if self.single_group:
+            return "untested: one recording group per label"
+        if self.interval is not None and self.interval[0] <= 0 <= self.interval[1]:
+            return "within noise"
+        return "better" if (self.new > self.deployed) != (self.name == FALSE_ALARMS) else "worse"
+
+
+def _metric_row(
+    name: str, new: float, deployed: float | None, difference: dict[str, Any] | None
+) -> MetricRow:
+    """A row, with the paired difference's interval where the job measured one."""
+    if difference is None:
+        return MetricRow(name, new, deployed)
+    if difference["low"] is None:
+        return MetricRow(name, new, deployed, single_group=True)
+    return MetricRow(name, new, deployed, (difference["low"], difference["high"]))
 
 
 def _headline(summary: dict[str, Any]) -> dict[str, float]:
@@ -431,6 +453,12 @@ def training_report_page(
     comparison = job.result["comparison"]
     new, deployed = comparison["new"], comparison.get("deployed")
     before = _headline(deployed) if deployed else {}
+    difference = comparison.get("difference") or {}
+    measured = {
+        name: difference[key]
+        for name, key in (("Clip ROC-AUC", "clip_roc_auc"), ("Window ROC-AUC", "window_roc_auc"))
+        if key in difference
+    }
     return _render(
         request,
         "report.html",
@@ -443,7 +471,10 @@ def training_report_page(
         splits=SPLITS,
         new=new,
         deployed=deployed,
-        rows=[MetricRow(name, value, before.get(name)) for name, value in _headline(new).items()],
+        rows=[
+            _metric_row(name, value, before.get(name), measured.get(name))
+            for name, value in _headline(new).items()
+        ],
         plots=[(name, PLOT_CAPTIONS.get(name, name)) for name in job.result["plots"]],
         architectures=ARCHITECTURES,
     )

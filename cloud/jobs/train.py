@@ -145,7 +145,7 @@ def train(ctx: JobContext) -> dict[str, Any]:
 
 
 def _train(ctx: JobContext) -> dict[str, Any]:
-    from models.evaluate import evaluate
+    from models.evaluate import paired_difference, score, summarise
     from models.training.trainer import train_recipe
     from models.training.yolo import train_yolo
 
@@ -189,11 +189,14 @@ def _train(ctx: JobContext) -> dict[str, Any]:
     # Signed here so it can be opened (and so evaluated) like any bundle; the manifest then
     # gains its test metrics and is signed again on registration.
     sign_bundle(bundle_dir, registry.cloud_signing_key(ctx.settings))
-    test = evaluate(load_bundle(bundle_dir, registry.trusted_keys(ctx.settings)), data)
+    scores = score(load_bundle(bundle_dir, registry.trusted_keys(ctx.settings)), data)
+    test = summarise(scores)
     comparison: dict[str, Any] = {"new": _summary(test)}
     if deployed is not None and deployed.labels == manifest.labels:
-        before = evaluate(registry.open_bundle(ctx.settings, deployed), data)
-        comparison["deployed"] = {"version": deployed.version, **_summary(before)}
+        before = score(registry.open_bundle(ctx.settings, deployed), data)
+        comparison["deployed"] = {"version": deployed.version, **_summary(summarise(before))}
+        # A few labelled clips decide little: the change with the interval it really has.
+        comparison["difference"] = paired_difference(scores, before)
     update_manifest(bundle_dir, metrics={**manifest.metrics, "test": test})
 
     _stage(ctx, 0.95, "signing and registering")

@@ -198,6 +198,19 @@ def test_jobs_pages_list_jobs_offer_training_and_say_why_one_failed(
     assert 'id="job-cancel"' not in page and "cancelled before it started" in page
 
 
+def test_a_change_inside_its_interval_is_called_noise_not_better() -> None:
+    from cloud.console.routes import FALSE_ALARMS, MetricRow
+
+    assert MetricRow("Clip ROC-AUC", 0.95, 0.90, (-0.02, 0.11)).verdict == "within noise"
+    assert MetricRow("Clip ROC-AUC", 0.95, 0.90, (0.01, 0.09)).verdict == "better"
+    assert MetricRow("Clip ROC-AUC", 0.85, 0.90).verdict == "worse"
+    assert MetricRow(FALSE_ALARMS, 2.0, 5.0).verdict == "better"  # fewer false alarms
+    assert MetricRow("Clip accuracy", 0.9, 0.9).verdict == "same"
+    assert MetricRow("Clip accuracy", 0.9, None).verdict is None
+    one_group = MetricRow("Clip ROC-AUC", 0.5, 1.0, single_group=True)
+    assert one_group.verdict == "untested: one recording group per label"
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # training is the slow part
 def test_training_report_shows_the_metrics_the_comparison_and_the_plots(
     app: FastAPI, admin: TestClient, labeller: TestClient
@@ -240,6 +253,12 @@ def test_training_report_shows_the_metrics_the_comparison_and_the_plots(
         [name, f(n), f(d)]
         for name, n, d in zip(names, headline(new), headline(deployed), strict=True)
     ]
+    # Every test clip of a label comes from one device group: nothing to redraw, so the
+    # ROC-AUC changes are not called better or worse.
+    difference = result["comparison"]["difference"]
+    for row, level in ((rows[1], "clip_roc_auc"), (rows[4], "window_roc_auc")):
+        assert difference[level]["low"] is None
+        assert row[3] == "same" or row[3].endswith("untested: one recording group per label")
     baseline = new["majority_baseline"]
     assert rows[6] == [
         f"Always guessing {baseline['predicts']} (accuracy / macro F1)",

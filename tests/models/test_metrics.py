@@ -51,10 +51,10 @@ def test_group_bootstrap_interval_is_wider_than_pretending_windows_are_independe
     def auc(idx: np.ndarray) -> float:
         return metrics.roc_auc(truth[idx], scores[idx])
 
-    low, high = metrics.group_bootstrap(auc, groups, truth, resamples=300)
-    naive_low, naive_high = metrics.group_bootstrap(
-        auc, np.arange(len(truth)), truth, resamples=300
-    )
+    grouped = metrics.group_bootstrap(auc, groups, truth, resamples=300)
+    naive = metrics.group_bootstrap(auc, np.arange(len(truth)), truth, resamples=300)
+    assert grouped is not None and naive is not None
+    (low, high), (naive_low, naive_high) = grouped, naive
     assert low < metrics.roc_auc(truth, scores) < high
     assert high - low > 2 * (naive_high - naive_low)
     assert metrics.group_bootstrap(auc, groups, truth, resamples=300) == (low, high)
@@ -70,6 +70,12 @@ def test_group_bootstrap_keeps_both_classes_in_every_resample() -> None:
 
     metrics.group_bootstrap(positives, groups, truth, resamples=50)
     assert seen == [10] * 50  # two positive recordings of five windows drawn every time
+
+
+def test_group_bootstrap_gives_no_interval_for_a_single_recording_per_class() -> None:
+    truth = _recordings(n_groups=4, windows=5, seed=1)[0]
+    one_each = np.where(truth, "cry recorder", "other recorder")
+    assert metrics.group_bootstrap(lambda idx: 0.5, one_each, truth) is None
 
 
 def test_poisson_rate_upper_bounds_what_a_clean_count_proves() -> None:

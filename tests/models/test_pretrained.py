@@ -51,9 +51,36 @@ def test_evaluate_names_the_recording_the_ranking_loses_on(tmp_path: Path) -> No
     worst = window["ranking_loss_by_group"]["negatives"]
     assert worst[0]["group"] == "mislabelled:cry"
     assert sum(w["share"] for w in worst) == pytest.approx(1 - window["roc_auc"])
-    low, high = window["roc_auc_interval"]
+    low, high = window["roc_auc_interval"]  # two cry recorders, four others: an interval
     assert low < window["roc_auc"] <= high  # redraws with the filed cry twice score lower
     assert "lost on negatives: mislabelled:cry" in format_report(result)
+
+
+def test_paired_difference_is_nothing_against_itself_and_refuses_other_windows(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from models.evaluate import paired_difference, score
+    from models.frontend import FrontendConfig
+    from tests.bundles import make_bundle, signing_key
+
+    shipped = load_bundle(PRETRAINED / "cry-detector", TRUSTED)
+    scores = score(shipped, FIXTURE_AUDIO, split=None)
+    same = paired_difference(scores, score(shipped, FIXTURE_AUDIO, split=None))
+    assert same == {
+        level: {"difference": 0.0, "low": 0.0, "high": 0.0}
+        for level in ("window_roc_auc", "clip_roc_auc")
+    }
+
+    key, pub = signing_key(tmp_path)
+    half_second = FrontendConfig(window_samples=8000, normalisation="window_mean")
+    other = make_bundle(
+        tmp_path / "b", key=key, version="9.0.0", behaviour="mean", features=half_second
+    )
+    other_scores = score(
+        load_bundle(other, TrustedKeys.from_paths([pub])), FIXTURE_AUDIO, split=None
+    )
+    assert paired_difference(scores, other_scores) is None
 
 
 def test_int8_and_float_models_make_the_same_decisions_on_real_windows() -> None:
