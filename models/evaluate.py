@@ -334,7 +334,7 @@ def format_report(result: dict[str, Any]) -> str:
             f"{level:<7} {r['count']:>6} {r['positives']:>5} {r['roc_auc']:>8.4f} "
             f"{r['accuracy']:>6.3f} {r['macro_f1']:>8.3f} "
             f"{b['accuracy']:>8.3f}/{b['macro_f1']:.3f}   ROC-AUC 95% "
-            + (f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "n/a (one group)")
+            + (f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "n/a")
         )
         for label, c in r["per_class"].items():
             lines.append(

@@ -55,7 +55,8 @@ def group_bootstrap(
     a group belongs to the stratum of its first window.
     Windows of one recording are not independent, so resampling windows would give intervals
     far too narrow; NaN resamples (one class missing) are dropped. None when a stratum has a
-    single group: redrawing it cannot show how much the result owes to that one recording."""
+    single group (redrawing it cannot show how much the result owes to that one recording) or
+    every resample is NaN."""
     groups, strata = np.asarray(groups), np.asarray(strata)
     members: dict[Any, npt.NDArray[np.intp]] = {
         g: np.flatnonzero(groups == g) for g in dict.fromkeys(groups.tolist())
@@ -75,6 +76,8 @@ def group_bootstrap(
         ]
         values.append(statistic(np.concatenate(drawn)))
     finite = np.array(values)[np.isfinite(values)]
+    if not finite.size:  # e.g. one class only: no ROC-AUC to bound
+        return None
     tail = (1 - level) / 2 * 100
     return float(np.percentile(finite, tail)), float(np.percentile(finite, 100 - tail))
 

@@ -76,6 +76,17 @@ def test_group_bootstrap_gives_no_interval_for_a_single_recording_per_class() ->
     truth = _recordings(n_groups=4, windows=5, seed=1)[0]
     one_each = np.where(truth, "cry recorder", "other recorder")
     assert metrics.group_bootstrap(lambda idx: 0.5, one_each, truth) is None
+    # Negatives only (a split without cries): no ROC-AUC, so no interval either.
+    negatives = np.zeros(20, dtype=bool)
+    recordings = np.repeat(np.arange(4), 5)
+    assert (
+        metrics.group_bootstrap(
+            lambda idx: metrics.roc_auc(negatives[idx], np.arange(20.0)[idx]),
+            recordings,
+            negatives,
+        )
+        is None
+    )
 
 
 def test_poisson_rate_upper_bounds_what_a_clean_count_proves() -> None:
