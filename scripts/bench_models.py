@@ -8,7 +8,10 @@ Variants of the dev `test` split, built with a fixed seed:
   10 dB and at 0 dB SNR (cry RMS over the negative's RMS), negatives left clean;
 - every clip low-passed at 3.8 kHz (what an 8 kHz phone recording keeps).
 Clip score = highest window score (the edge's 1 s windows at a 0.25 s hop). Also per
-bandwidth subgroup (8 kHz-origin vs full-band positives, against all negatives).
+bandwidth subgroup (8 kHz-origin vs full-band positives, against all negatives). Every ROC-AUC
+has a 95% interval from redrawing whole recording groups, and the network's lead over the
+baseline a paired one (the same redraw for both), so "beats the baseline" means more than the
+luck of which recorders are in `test`.
 
 Baseline: clip-level log-mel statistics (per-band mean and standard deviation of the same front
 end) with scikit-learn's HistGradientBoostingClassifier, trained on the clean train split.
@@ -69,6 +72,7 @@ def _clips(data: Path, split: str) -> list[dict[str, Any]]:
                             "samples": load_mono(clip.path),
                             "positive": positive,
                             "source": f"{dataset_name}/{clip.label}",
+                            "group": f"{dataset_name}:{clip.group}",
                             "bandwidth": "8k-origin"
                             if rate == "8000"
                             else "full-band"
@@ -118,11 +122,32 @@ def _baseline_features(clips: list[dict[str, Any]]) -> np.ndarray:
 
 
 def _auc_report(truth: np.ndarray, scores: np.ndarray, clips: list[dict[str, Any]]) -> dict:
-    report = {"roc_auc": metrics.roc_auc(truth, scores)}
+    groups = np.array([c["group"] for c in clips])
+
+    def with_interval(members: np.ndarray, key: str) -> dict[str, Any]:
+        t, s, g = truth[members], scores[members], groups[members]
+        return {
+            key: metrics.roc_auc(t, s),
+            f"{key}_interval": metrics.group_bootstrap(lambda i: metrics.roc_auc(t[i], s[i]), g, t),
+        }
+
+    report = with_interval(np.ones(len(clips), dtype=bool), "roc_auc")
     for band in ("8k-origin", "full-band"):
         members = np.array([(c["bandwidth"] == band) or not c["positive"] for c in clips])
-        report[f"roc_auc_{band}"] = metrics.roc_auc(truth[members], scores[members])
+        report |= with_interval(members, f"roc_auc_{band}")
     return report
+
+
+def _lead(truth: np.ndarray, cnn: np.ndarray, baseline: np.ndarray, groups: np.ndarray) -> dict:
+    """The network's ROC-AUC minus the baseline's, with a paired 95% group interval."""
+
+    def difference(i: np.ndarray) -> float:
+        return metrics.roc_auc(truth[i], cnn[i]) - metrics.roc_auc(truth[i], baseline[i])
+
+    return {
+        "difference": difference(np.arange(len(truth))),
+        "interval": metrics.group_bootstrap(difference, groups, truth),
+    }
 
 
 def _decision_agreement(
@@ -192,20 +217,22 @@ def main() -> None:
     results: dict[str, Any] = {"variants": {}, "test_clips": len(test)}
     for name, clips in variants(test).items():
         truth = np.array([c["positive"] for c in clips])
-        row = {
-            "baseline_gbdt_logmel_stats": _auc_report(
-                truth, baseline.predict_proba(_baseline_features(clips))[:, 1], clips
-            )
-        }
+        baseline_scores = baseline.predict_proba(_baseline_features(clips))[:, 1]
+        row = {"baseline_gbdt_logmel_stats": _auc_report(truth, baseline_scores, clips)}
+        scores = {}
         for precision, model in models.items():
-            scores = np.array(
+            scores[precision] = np.array(
                 [
                     window_scores(model, c["samples"], positive_label).max()
                     for c in tqdm(clips, desc=f"{name} {precision}", leave=False)
                 ]
             )
-            row[f"cnn_{precision}"] = _auc_report(truth, scores, clips)
+            row[f"cnn_{precision}"] = _auc_report(truth, scores[precision], clips)
         results["variants"][name] = row
+        groups = np.array([c["group"] for c in clips])
+        results.setdefault("cnn_int8_minus_baseline", {})[name] = _lead(
+            truth, scores["int8"], baseline_scores, groups
+        )
     window = models["int8"].logmel.windows(test[0]["samples"], 4000)[:1]
     results["models"] = {}
     roles = {entry.role for entry in bundle.manifest.files.values()}
@@ -227,10 +254,21 @@ def main() -> None:
     print(f"\nclip-level ROC-AUC on the dev test split ({len(test)} clips)")
     systems = list(next(iter(results["variants"].values())))
     print(f"{'variant':<16}" + "".join(f"{s:>28}" for s in systems))
+
+    def cell(report: dict[str, Any], key: str) -> str:
+        interval = report[f"{key}_interval"]
+        bounds = f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+        return f"{report[key]:.4f}{bounds}".rjust(28)
+
     for name, row in results["variants"].items():
-        print(f"{name:<16}" + "".join(f"{row[s]['roc_auc']:>28.4f}" for s in systems))
+        print(f"{name:<16}" + "".join(cell(row[s], "roc_auc") for s in systems))
         for band in ("8k-origin", "full-band"):
-            print(f"  {band:<14}" + "".join(f"{row[s]['roc_auc_' + band]:>28.4f}" for s in systems))
+            print(f"  {band:<14}" + "".join(cell(row[s], f"roc_auc_{band}") for s in systems))
+    print("(95% intervals from redrawing whole recording groups)")
+    for name, lead in results["cnn_int8_minus_baseline"].items():
+        interval = lead["interval"]
+        bounds = f" (paired 95% [{interval[0]:+.4f}, {interval[1]:+.4f}])" if interval else ""
+        print(f"CNN INT8 minus baseline, {name}: {lead['difference']:+.4f}{bounds}")
     for name, m in results["models"].items():
         print(
             f"{name}: {m['file_bytes'] / 1024:.0f} KiB, {m['parameters']} parameters, "
