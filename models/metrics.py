@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -89,9 +90,13 @@ def poisson_rate_upper(count: int, exposure: float, level: float = 0.95) -> floa
     if exposure <= 0:
         return float("inf")
 
+    log_factorials = np.array([math.lgamma(k + 1) for k in range(count + 1)])
+
     def at_most_count(rate: float) -> float:
-        terms = np.cumprod(np.r_[1.0, rate / np.arange(1, count + 1)])
-        return float(np.exp(-rate) * terms.sum())
+        # Each term is a probability (<= 1), so summing them in the linear domain cannot
+        # overflow; exp(-rate) alone would underflow for a few hundred events.
+        k = np.arange(count + 1)
+        return float(np.exp(k * np.log(rate) - rate - log_factorials).sum())
 
     low, high = 0.0, count + 10.0 * (count + 1)  # far above the bound, so the chance is tiny
     for _ in range(100):

@@ -97,6 +97,8 @@ def test_poisson_rate_upper_bounds_what_a_clean_count_proves() -> None:
     # No false alarm in six minutes does not show fewer than 0.5 per hour; in ten hours it does.
     assert metrics.poisson_rate_upper(0, 0.1) > 29
     assert metrics.poisson_rate_upper(0, 10.0) < 0.5
+    # A bad model over a long stream: about count + 1.645 sqrt(count), no underflow.
+    assert metrics.poisson_rate_upper(1000, 1.0) == pytest.approx(1053, abs=2)
 
 
 def test_classification_report_counts() -> None:
