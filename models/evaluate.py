@@ -178,9 +178,7 @@ def summarise(scored: Scores) -> dict[str, Any]:
             "count": len(truth),
             "positives": int(truth.sum()),
             "roc_auc": metrics.roc_auc(truth, scores),
-            "roc_auc_interval": metrics.group_bootstrap(
-                lambda idx: metrics.roc_auc(truth[idx], scores[idx]), groups, truth
-            ),
+            "roc_auc_interval": metrics.roc_auc_interval(truth, scores, groups),
             **metrics.classification_report(labels_true, predicted, manifest.labels),
             "majority_baseline": {
                 "predicts": manifest.labels[majority],
@@ -225,21 +223,16 @@ def paired_difference(new: Scores, old: Scores) -> dict[str, dict[str, float | N
         and [c["clip"] for c in new.per_clip] == [c["clip"] for c in old.per_clip]
     ):
         return None
-    new_clips, old_clips = _clip_arrays(new.per_clip), _clip_arrays(old.per_clip)
+    new_clip_scores, clip_truth, clip_groups = _clip_arrays(new.per_clip)
+    old_clip_scores = _clip_arrays(old.per_clip)[0]
     out = {}
-    for level, (truth, groups, a, b) in {
-        "window": (new.window_truth, new.window_groups, new.windows, old.windows),
-        "clip": (new_clips[1], new_clips[2], new_clips[0], old_clips[0]),
-    }.items():
-
-        def difference(
-            idx: np.ndarray, truth: np.ndarray = truth, a: np.ndarray = a, b: np.ndarray = b
-        ) -> float:
-            return metrics.roc_auc(truth[idx], a[idx]) - metrics.roc_auc(truth[idx], b[idx])
-
-        interval = metrics.group_bootstrap(difference, groups, truth)
+    for level, args in (
+        ("window", (new.window_truth, new.windows, old.windows, new.window_groups)),
+        ("clip", (clip_truth, new_clip_scores, old_clip_scores, clip_groups)),
+    ):
+        difference, interval = metrics.roc_auc_difference(*args)
         out[f"{level}_roc_auc"] = {
-            "difference": difference(np.arange(len(truth))),
+            "difference": difference,
             "low": interval[0] if interval else None,
             "high": interval[1] if interval else None,
         }

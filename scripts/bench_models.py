@@ -126,10 +126,7 @@ def _auc_report(truth: np.ndarray, scores: np.ndarray, clips: list[dict[str, Any
 
     def with_interval(members: np.ndarray, key: str) -> dict[str, Any]:
         t, s, g = truth[members], scores[members], groups[members]
-        return {
-            key: metrics.roc_auc(t, s),
-            f"{key}_interval": metrics.group_bootstrap(lambda i: metrics.roc_auc(t[i], s[i]), g, t),
-        }
+        return {key: metrics.roc_auc(t, s), f"{key}_interval": metrics.roc_auc_interval(t, s, g)}
 
     report = with_interval(np.ones(len(clips), dtype=bool), "roc_auc")
     for band in ("8k-origin", "full-band"):
@@ -140,14 +137,8 @@ def _auc_report(truth: np.ndarray, scores: np.ndarray, clips: list[dict[str, Any
 
 def _lead(truth: np.ndarray, cnn: np.ndarray, baseline: np.ndarray, groups: np.ndarray) -> dict:
     """The network's ROC-AUC minus the baseline's, with a paired 95% group interval."""
-
-    def difference(i: np.ndarray) -> float:
-        return metrics.roc_auc(truth[i], cnn[i]) - metrics.roc_auc(truth[i], baseline[i])
-
-    return {
-        "difference": difference(np.arange(len(truth))),
-        "interval": metrics.group_bootstrap(difference, groups, truth),
-    }
+    difference, interval = metrics.roc_auc_difference(truth, cnn, baseline, groups)
+    return {"difference": difference, "interval": interval}
 
 
 def _decision_agreement(

@@ -104,16 +104,9 @@ def paired_differences(
     (first, reference), *others = scores.items()
     out = {}
     for path, candidate in others:
-
-        def difference(idx: np.ndarray, candidate: np.ndarray = candidate) -> float:
-            return metrics.roc_auc(truth[idx], candidate[idx]) - metrics.roc_auc(
-                truth[idx], reference[idx]
-            )
-
-        interval = metrics.group_bootstrap(difference, groups, truth)
+        point, interval = metrics.roc_auc_difference(truth, candidate, reference, groups)
         assert interval is not None  # validation has dozens of recorders per class
         low, high = interval
-        point = difference(np.arange(len(truth)))
         out[str(path)] = {"minus": str(first), "difference": point, "low": low, "high": high}
         print(f"{path} minus {first}, clean INT8: {point:+.4f} (95% [{low:+.4f}, {high:+.4f}])")
     return out
