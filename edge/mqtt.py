@@ -11,7 +11,9 @@ crash goes again, and its episode id and type let subscribers recognise the dupl
 
 Retained topics (`state/<label>`, `status`, Home Assistant discovery) carry the latest value
 only, so they bypass the spool: the link remembers each one and publishes it again after every
-(re)connect, in case the broker restarted without persistence. Discovery also goes out again
+(re)connect, in case the broker restarted without persistence. Only the outbox thread sends
+them, always the latest value, so a state that changes while a connect replays the old one
+still ends as the latest on the broker. Discovery also goes out again
 whenever Home Assistant announces itself `online` on its status topic.
 """
 
@@ -58,6 +60,7 @@ class MqttLink:
         self._model_set_topic = model_set_topic(device, config.prefix)
         self._on_model_set = on_model_set
         self._retained: dict[str, str] = {}  # topic -> latest payload, replayed on connect
+        self._unsent: set[str] = set()  # retained topics whose latest value is not sent yet
         self._discovery: list[tuple[str, str]] = []
         self._max_inflight = max_inflight
         self._connected = threading.Event()
@@ -106,13 +109,13 @@ class MqttLink:
         self._wake.set()
 
     def publish_retained(self, topic: str, payload: str) -> None:
-        """Set a retained topic's value: sent now if connected, and again after reconnects."""
+        """Set a retained topic's value: sent as soon as connected, and again after reconnects."""
         with self._lock:
             if self._retained.get(topic) == payload:
                 return
             self._retained[topic] = payload
-        if self._connected.is_set():
-            self._client.publish(topic, payload, qos=1, retain=True)
+            self._unsent.add(topic)
+        self._wake.set()
 
     def set_discovery(self, messages: list[tuple[str, str]]) -> None:
         """Home Assistant discovery messages (topic, payload), retained."""
@@ -158,9 +161,7 @@ class MqttLink:
             client.subscribe(self._model_set_topic, qos=1)
         self._publish_discovery()
         with self._lock:
-            retained = list(self._retained.items())
-        for topic, payload in retained:
-            client.publish(topic, payload, qos=1, retain=True)
+            self._unsent.update(self._retained)
         self._connected.set()
         self._wake.set()
 
@@ -205,12 +206,23 @@ class MqttLink:
             self._wake.clear()
             self._collect_acks()
             if self._connected.is_set():
+                self._send_retained()
                 self._send_batch()
-            # On stop: leave once everything is acknowledged or the drain time is up.
+            # On stop: leave once everything is sent and acknowledged or the drain time is up.
             if self._stop.is_set() and (
-                self._spool.depth(kind="event") == 0 or time.monotonic() > self._drain_deadline
+                (self._spool.depth(kind="event") == 0 and not self._unsent)
+                or time.monotonic() > self._drain_deadline
             ):
                 return
+
+    def _send_retained(self) -> None:
+        """The latest value of every retained topic not sent since it changed or since the
+        connect. Taken under the lock, sent outside it: a change meanwhile is sent next round."""
+        with self._lock:
+            pending = [(topic, self._retained[topic]) for topic in self._unsent]
+            self._unsent.clear()
+        for topic, payload in pending:
+            self._client.publish(topic, payload, qos=1, retain=True)
 
     def _collect_acks(self) -> None:
         for seq, info in list(self._inflight.items()):

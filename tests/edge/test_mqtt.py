@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
@@ -126,6 +127,36 @@ def test_retained_state_is_restored_after_a_broker_restart_without_persistence(
         try:
             wait_for(lambda: late.payloads("soundwarden/nursery/state/cry") == [b"OFF"])
             assert late.payloads("soundwarden/nursery/availability") == [b"online"]
+        finally:
+            late.close()
+    finally:
+        link.stop()
+
+
+def test_a_state_change_racing_the_connect_replay_still_ends_as_the_latest_value(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    """A short file replay raises and ends an episode while the link is still connecting: the
+    remembered `ON` goes out on connect, and `OFF` is set just then (forced here at the moment
+    `ON` is handed to paho). The broker must keep `OFF`, not a cry that never ends."""
+    topic = "soundwarden/nursery/state/cry"
+    link = MqttLink(Spool(tmp_path / "o.db"), device="nursery", config=_config(broker))
+    link.publish_retained(topic, "ON")  # before the first connect: remembered only
+    send = link._client.publish
+
+    def send_then_end_the_cry(to: str, payload: str, **options: Any) -> mqtt.MQTTMessageInfo:
+        info = send(to, payload, **options)
+        if to == topic and payload == "ON":
+            link.publish_retained(topic, "OFF")
+        return info
+
+    link._client.publish = send_then_end_the_cry  # type: ignore[method-assign]
+    link.start()
+    try:
+        wait_for(lambda: link.connected)
+        late = Subscriber(broker.port)
+        try:
+            wait_for(lambda: late.payloads(topic)[-1:] == [b"OFF"])
         finally:
             late.close()
     finally:
