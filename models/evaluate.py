@@ -30,7 +30,6 @@ from models.audio import (
     SILENCE_FLOOR_DBFS,
     energy_gate,
     load_mono,
-    window_starts,
 )
 from models.bundle import Bundle, Manifest
 from models.dataset import Clip, Dataset, read_dataset
@@ -63,6 +62,17 @@ def window_scores(model: BundleModel, samples: np.ndarray, label: str) -> np.nda
         :, model.manifest.labels.index(label)
     ]
     return scores
+
+
+def sounding_windows(samples: np.ndarray, count: int, window: int, hop: int) -> np.ndarray:
+    """Which of the `count` windows `hop` apart that `window_scores` scored carry sound, not
+    the silence between cries (the gate training uses). Counted from the scores, not the clip
+    length: the front end also scores a last window whose final samples no frame reaches."""
+    starts = [i * hop for i in range(count)]
+    gate: np.ndarray = energy_gate(
+        samples, starts, window, below_peak_db=SILENCE_BELOW_PEAK_DB, min_dbfs=SILENCE_FLOOR_DBFS
+    )
+    return gate
 
 
 @dataclass(frozen=True)
@@ -113,18 +123,7 @@ def score(
         samples = load_mono(clip.path, cfg.sample_rate)
         scores = window_scores(model, samples, positive_label)
         is_pos = clip.label == positive_label
-        keep = (
-            energy_gate(
-                samples,
-                window_starts(len(samples), window, hop),
-                window,
-                below_peak_db=SILENCE_BELOW_PEAK_DB,
-                min_dbfs=SILENCE_FLOOR_DBFS,
-            )
-            if is_pos
-            else None
-        )
-        kept = scores[keep] if keep is not None else scores
+        kept = scores[sounding_windows(samples, len(scores), window, hop)] if is_pos else scores
         kept_scores.append(kept)
         window_truth.append(np.full(len(kept), is_pos))
         window_groups += [_group(clip)] * len(kept)

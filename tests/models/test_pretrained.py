@@ -56,6 +56,31 @@ def test_evaluate_names_the_recording_the_ranking_loses_on(tmp_path: Path) -> No
     assert "lost on negatives: mislabelled:cry" in format_report(result)
 
 
+def test_evaluate_takes_a_cry_of_any_length(tmp_path: Path) -> None:
+    """A labelled clip is as long as it is: 1.24 s holds one window by the clip length and two
+    by the front end's frames (the second one's last 128 samples feed no frame); every window
+    scored has to be gated, or evaluate fails on the user's own recordings."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    import soundfile as sf
+
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE_AUDIO, data)
+    cry, rate = sf.read(data / "cry" / "donateacry_ios_045c5483.wav", dtype="float32")
+    start = int(np.argmax(np.abs(cry)))  # the loudest moment, so the cut holds a cry
+    sf.write(data / "cry" / "short.wav", cry[start : start + 19_900], rate)
+    with (data / "manifest.csv").open("a") as manifest:
+        manifest.write("cry/short.wav,cry,test,short:cut,full-band,cut,DbCL-1.0\n")
+
+    bundle = load_bundle(PRETRAINED / "cry-detector", TRUSTED)
+    before = evaluate(bundle, FIXTURE_AUDIO, split=None)
+    result = evaluate(bundle, data, split=None)
+    assert result["clip"]["positives"] == before["clip"]["positives"] + 1
+    added = result["window"]["positives"] - before["window"]["positives"]
+    assert 1 <= added <= 2  # its sounding windows of the two scored
+
+
 def test_paired_difference_is_nothing_against_itself_and_refuses_other_windows(
     tmp_path: Path,
 ) -> None:
