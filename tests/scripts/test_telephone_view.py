@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "telephone_view", REPO / "scripts/telephone_view.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def _dataset(root: Path, rows: list[tuple[str, str, str]], rng: np.random.Generator) -> None:
@@ -57,7 +45,7 @@ def test_only_validation_clips_and_the_telephone_copy_has_nothing_above_4_khz(
     )
     _dataset(extra, [("music/m.wav", "music", "val"), ("music/t.wav", "music", "test")], rng)
 
-    rows = _script().build(view, extra, out)
+    rows = load_script("telephone_view").build(view, extra, out)
 
     assert sorted(r["path"] for r in rows) == [
         "cry/a.wav",
