@@ -40,6 +40,15 @@ def test_each_false_alarm_names_its_recording_second_and_peak() -> None:
     assert result["per_hour_upper_95"] > result["per_hour"]
 
 
+def test_a_stricter_start_rule_raises_no_event_on_a_short_burst() -> None:
+    bench = load_script("bench_background")
+    burst = [0.1] * 4 + [0.99] * 3 + [0.1] * 8  # 0.75 s above the threshold
+    sustained = [0.1] * 4 + [0.99] * 12 + [0.1] * 8  # 3 s
+    assert [e.start for e in bench.episodes(burst, 0.9)] == [5]  # the default: 2 of 3
+    assert bench.episodes(burst, 0.9, k=6, n=8) == []
+    assert [e.start for e in bench.episodes(sustained, 0.9, k=6, n=8)] == [9]
+
+
 def test_a_package_the_dev_sets_use_is_not_held_out(tmp_path: Path) -> None:
     bench = load_script("bench_background")
     speech = tmp_path / "background"
