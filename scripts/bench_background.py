@@ -84,7 +84,8 @@ class Source:
     packages: tuple[str, ...]
     patterns: tuple[str, ...]
     licence: str  # from the packages' debian/copyright
-    telephone: bool = False  # sent through an 8 kHz channel first
+    # the stream of the same recordings sent through an 8 kHz channel (decoded once for both)
+    telephone_copy: str | None = None
     skip_folders: tuple[str, ...] = ()
 
 
@@ -97,9 +98,15 @@ SPEECH_PACKAGES = (
 MUSIC_PACKAGES = ("wesnoth-1.16-music", "warzone2100-music")
 SOURCES = (
     Source("speech 8k", SPEECH_PACKAGES, SPEECH, "CC-BY-SA-3.0", skip_folders=("silence",)),
-    Source("music", MUSIC_PACKAGES, MUSIC, "GPL-2+ / CC0-1.0"),
-    Source("music 8k", MUSIC_PACKAGES, MUSIC, "GPL-2+ / CC0-1.0", telephone=True),
+    Source("music", MUSIC_PACKAGES, MUSIC, "GPL-2+ / CC0-1.0", telephone_copy="music 8k"),
 )
+
+
+def stream_names(source: Source) -> tuple[str, ...]:
+    return (source.name, source.telephone_copy) if source.telephone_copy else (source.name,)
+
+
+HELD_OUT_STREAMS = tuple(name for source in SOURCES for name in stream_names(source))
 
 
 def packages_in_use(data: Path) -> set[str]:
@@ -140,12 +147,11 @@ def source_files(source: Source, roots: dict[str, Path]) -> list[tuple[str, Path
     return out
 
 
-def decode(file: Path, telephone: bool) -> np.ndarray:
+def decode(file: Path) -> np.ndarray:
     # Not load_mono: its check that every declared frame decodes refuses some packaged oggs
     # over frames that do not matter here (as in extra_negatives.py).
     samples, rate = sf.read(file, dtype="float32", always_2d=True)
-    mono = resample(to_mono(samples), rate, TARGET_SAMPLE_RATE)
-    return low_pass(mono, TARGET_SAMPLE_RATE, TELEPHONE_CUTOFF_HZ) if telephone else mono
+    return resample(to_mono(samples), rate, TARGET_SAMPLE_RATE)
 
 
 def window_statistics(logmel: LogMel, samples: np.ndarray, hop: int) -> np.ndarray:
@@ -215,7 +221,7 @@ def false_alarms(stream: Stream, threshold: float) -> dict[str, Any]:
 
 def held_out_total(results: dict[str, Any], system: str) -> dict[str, Any]:
     """False alarms and hours summed over the held-out sources (not the dev test split)."""
-    rows = [results["sources"][s.name][system] for s in SOURCES]
+    rows = [results["sources"][name][system] for name in HELD_OUT_STREAMS]
     count, hours = sum(r["false_alarms"] for r in rows), sum(r["hours"] for r in rows)
     return {
         "hours": round(hours, 3),
@@ -388,27 +394,34 @@ def main() -> None:
     streams = {
         "dev test negatives": {n: dev_test_stream(args.data, s) for n, (s, _) in systems.items()}
     }
+    streams |= {stream: {name: Stream([], []) for name in systems} for stream in HELD_OUT_STREAMS}
     for source in SOURCES:
-        per_system = {name: Stream([], []) for name in systems}
         for package, file in tqdm(source_files(source, roots), desc=source.name, unit="file"):
-            samples = decode(file, source.telephone)
+            mono = decode(file)
+            versions = {source.name: mono}
+            if source.telephone_copy:
+                versions[source.telephone_copy] = low_pass(
+                    mono, TARGET_SAMPLE_RATE, TELEPHONE_CUTOFF_HZ
+                )
             recording = f"{package}:/{file.relative_to(roots[package])}"
-            for name, (scorer, _) in systems.items():
-                seconds = len(samples) / TARGET_SAMPLE_RATE
-                per_system[name].add(recording, scorer(samples), seconds)
-        streams[source.name] = per_system
+            seconds = len(mono) / TARGET_SAMPLE_RATE
+            for stream, samples in versions.items():
+                for name, (scorer, _) in systems.items():
+                    streams[stream][name].add(recording, scorer(samples), seconds)
     for source_name, per_system in streams.items():
         results["sources"][source_name] = {
             name: false_alarms(per_system[name], t) for name, (_, t) in systems.items()
         }
     results["held_out_total"] = {name: held_out_total(results, name) for name in systems}
     results["cnn_operating_points"] = operating_points(
-        {s.name: streams[s.name]["cnn_int8"] for s in SOURCES},
+        {stream: streams[stream]["cnn_int8"] for stream in HELD_OUT_STREAMS},
         cnn_val,
         [threshold, *(t for t in STRICTER_THRESHOLDS if t > threshold)],
     )
     results["packages"] = {
-        s.name: {"packages": list(s.packages), "licence": s.licence} for s in SOURCES
+        stream: {"packages": list(s.packages), "licence": s.licence}
+        for s in SOURCES
+        for stream in stream_names(s)
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
