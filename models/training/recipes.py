@@ -143,8 +143,10 @@ CRY_DETECTOR_SPECAUGMENT = CRY_DETECTOR.model_copy(
 # (scripts/extra_negatives.py), the material behind 1.1.0's validation false alarms. Trained as
 # a 1.2.0 candidate (2026-11-21) and not shipped: it won on validation (window ROC-AUC 0.9725 vs
 # 0.9718 on the selection measure, clip F1 0.992 vs 0.983), then on test raised false alarms on
-# five of the nine music clips (71.5 per hour; window ROC-AUC 0.9584). See
-# models/pretrained/README-cry-detector.md.
+# five of the nine music clips (71.5 per hour; window ROC-AUC 0.9584). Over the held-out
+# background (2026-11-22) it cut full-band music false alarms about 3 times but 8 kHz music
+# hardly (7.59 per hour vs 1.1.0's 10.82): the narrowband front end below is what removes those.
+# See models/pretrained/README-cry-detector.md.
 CRY_DETECTOR_EXTRA_NEGATIVES = CRY_DETECTOR.model_copy(
     update={
         "name": "cry-detector-extra-negatives",
