@@ -148,6 +148,11 @@ def stream_names(sources: Iterable[Source]) -> tuple[str, ...]:
     )
 
 
+def packages_of(sources: Iterable[Source]) -> set[str]:
+    """Every Debian package a source set takes recordings from."""
+    return {p for source in sources for p in source.packages}
+
+
 def packages_in_use(data: Path) -> set[str]:
     """Debian packages the dev sets (`debian:<package>:...` in a manifest's `source_file`)
     and `scripts/extra_negatives.py` take audio from."""
@@ -412,7 +417,7 @@ def main() -> None:
     out: Path = args.out or REPO / f"scripts/results/background{suffix}.json"
     held_out_streams = stream_names(sources)
 
-    packages = {p for s in sources for p in s.packages}
+    packages = packages_of(sources)
     overlap = packages & packages_in_use(args.data)
     if overlap:
         sys.exit(f"not held out: the dev sets or extra_negatives.py use {sorted(overlap)}")

@@ -66,15 +66,13 @@ def test_a_package_the_dev_sets_use_is_not_held_out(tmp_path: Path) -> None:
     used = bench.packages_in_use(tmp_path)
     assert "asterisk-core-sounds-it-wav" in used  # from the manifest
     assert "tuxpaint-stamps-default" in used  # from extra_negatives.py
-    held_out = {p for s in bench.SOURCE_SETS["first"] for p in s.packages}
+    held_out = bench.packages_of(bench.SOURCE_SETS["first"])
     assert held_out & used == {"asterisk-core-sounds-it-wav"}
 
 
 def test_the_second_held_out_set_shares_no_package_with_the_first() -> None:
     bench = load_script("bench_background")
-    first, second = (
-        {p for s in bench.SOURCE_SETS[name] for p in s.packages} for name in ("first", "second")
-    )
+    first, second = (bench.packages_of(bench.SOURCE_SETS[name]) for name in ("first", "second"))
     assert second and not first & second
     assert bench.stream_names(bench.SOURCE_SETS["second"]) == ("speech 8k", "music", "music 8k")
 
@@ -84,5 +82,5 @@ def test_the_second_held_out_set_shares_no_package_with_the_first() -> None:
 )
 def test_no_held_out_package_is_in_the_dev_sets() -> None:
     bench = load_script("bench_background")
-    held_out = {p for sources in bench.SOURCE_SETS.values() for s in sources for p in s.packages}
+    held_out = set().union(*map(bench.packages_of, bench.SOURCE_SETS.values()))
     assert not held_out & bench.packages_in_use(REPO.parent / "shared/datasets")
