@@ -70,11 +70,23 @@ def test_a_package_the_dev_sets_use_is_not_held_out(tmp_path: Path) -> None:
     assert held_out & used == {"asterisk-core-sounds-it-wav"}
 
 
-def test_the_second_held_out_set_shares_no_package_with_the_first() -> None:
+def test_no_two_held_out_sets_share_a_package() -> None:
     bench = load_script("bench_background")
-    first, second = (bench.packages_of(bench.SOURCE_SETS[name]) for name in ("first", "second"))
-    assert second and not first & second
+    sets = {name: bench.packages_of(sources) for name, sources in bench.SOURCE_SETS.items()}
+    assert sorted(sets) == ["first", "second", "third"]
+    for name, packages in sets.items():
+        others = set().union(*(p for n, p in sets.items() if n != name))
+        assert packages and not packages & others, name
     assert bench.stream_names(bench.SOURCE_SETS["second"]) == ("speech 8k", "music", "music 8k")
+    assert bench.stream_names(bench.SOURCE_SETS["third"]) == ("music", "music 8k", "hold music")
+
+
+def test_training_music_is_not_held_out() -> None:
+    bench = load_script("bench_background")
+    used = {s.package for s in load_script("extra_negatives").MUSIC_SELECTIONS}
+    assert "openclonk-data" in used
+    held_out = set().union(*map(bench.packages_of, bench.SOURCE_SETS.values()))
+    assert not used & held_out
 
 
 @pytest.mark.skipif(
@@ -84,3 +96,15 @@ def test_no_held_out_package_is_in_the_dev_sets() -> None:
     bench = load_script("bench_background")
     held_out = set().union(*map(bench.packages_of, bench.SOURCE_SETS.values()))
     assert not held_out & bench.packages_in_use(REPO.parent / "shared/datasets")
+
+
+@pytest.mark.skipif(
+    not (REPO.parent / "shared/datasets").is_dir(), reason="dev datasets not beside the checkout"
+)
+def test_the_unheard_hold_music_is_the_one_track_the_dev_sets_lack() -> None:
+    bench = load_script("bench_background")
+    heard = bench.recordings_in_use(REPO.parent / "shared/datasets")
+    moh = {"macroform-cold_day", "macroform-robot_dity", "macroform-the_simplicity"}
+    assert moh | {"reno_project-system"} <= heard  # the wav package's tracks, in the dev sets
+    assert "manolo_camp-morning_coffee" not in heard
+    assert bench.UNHEARD_HOLD_MUSIC == ("**/manolo_camp-morning_coffee.gsm",)
