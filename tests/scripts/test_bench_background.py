@@ -104,7 +104,11 @@ def test_no_held_out_package_is_in_the_dev_sets() -> None:
 def test_the_unheard_hold_music_is_the_one_track_the_dev_sets_lack() -> None:
     bench = load_script("bench_background")
     heard = bench.recordings_in_use(REPO.parent / "shared/datasets")
-    moh = {"macroform-cold_day", "macroform-robot_dity", "macroform-the_simplicity"}
-    assert moh | {"reno_project-system"} <= heard  # the wav package's tracks, in the dev sets
-    assert "manolo_camp-morning_coffee" not in heard
+    tracks = ("macroform-cold_day", "macroform-robot_dity", "reno_project-system")
+    for track in tracks:  # the wav package's tracks are in the dev sets, and so their gsm copies
+        assert bench.recording("asterisk-moh-opsound-gsm", f"{track}.gsm") in heard
+    unheard = bench.recording("asterisk-moh-opsound-gsm", "manolo_camp-morning_coffee.gsm")
+    assert unheard not in heard
     assert bench.UNHEARD_HOLD_MUSIC == ("**/manolo_camp-morning_coffee.gsm",)
+    # the other languages' prompts share the English ones' file names, not their recordings
+    assert bench.recording("asterisk-core-sounds-fr-wav", "conf-full.wav") not in heard
