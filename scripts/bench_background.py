@@ -183,16 +183,16 @@ def packages_in_use(data: Path) -> set[str]:
     return used
 
 
-def recording(package: str, file: str) -> str:
+def recording_id(package: str, file: str) -> str:
     """A recording's name across the formats Debian ships it in: Asterisk's sounds come as
     `-wav`, `-gsm` and `-g722` packages of the same recordings, under the same file names."""
     return f"{re.sub(r'-(wav|gsm|g722)$', '', package)}:{Path(file).stem}"
 
 
 def recordings_in_use(data: Path) -> set[str]:
-    """`recording` of every Debian file the dev sets cut clips from."""
+    """`recording_id` of every Debian file the dev sets cut clips from."""
     return {
-        recording(*clip.extra["source_file"].split(":")[1:3])
+        recording_id(*clip.extra["source_file"].split(":")[1:3])
         for manifest in data.glob("*/manifest.csv")
         for clip in read_dataset(manifest.parent).clips
         if clip.extra.get("source_file", "").startswith("debian:")
@@ -457,7 +457,7 @@ def main() -> None:
         sys.exit(f"not held out: the dev sets or extra_negatives.py use {sorted(overlap)}")
     roots = fetch(packages, args.cache)
     heard = recordings_in_use(args.data)
-    replayed = {recording(p, f.name) for s in sources for p, f in source_files(s, roots)} & heard
+    replayed = {recording_id(p, f.name) for s in sources for p, f in source_files(s, roots)} & heard
     if replayed:
         sys.exit(f"not held out: the dev sets hold {sorted(replayed)}")
 

@@ -106,9 +106,9 @@ def test_the_unheard_hold_music_is_the_one_track_the_dev_sets_lack() -> None:
     heard = bench.recordings_in_use(REPO.parent / "shared/datasets")
     tracks = ("macroform-cold_day", "macroform-robot_dity", "reno_project-system")
     for track in tracks:  # the wav package's tracks are in the dev sets, and so their gsm copies
-        assert bench.recording("asterisk-moh-opsound-gsm", f"{track}.gsm") in heard
-    unheard = bench.recording("asterisk-moh-opsound-gsm", "manolo_camp-morning_coffee.gsm")
+        assert bench.recording_id("asterisk-moh-opsound-gsm", f"{track}.gsm") in heard
+    unheard = bench.recording_id("asterisk-moh-opsound-gsm", "manolo_camp-morning_coffee.gsm")
     assert unheard not in heard
     assert bench.UNHEARD_HOLD_MUSIC == ("**/manolo_camp-morning_coffee.gsm",)
     # the other languages' prompts share the English ones' file names, not their recordings
-    assert bench.recording("asterisk-core-sounds-fr-wav", "conf-full.wav") not in heard
+    assert bench.recording_id("asterisk-core-sounds-fr-wav", "conf-full.wav") not in heard
