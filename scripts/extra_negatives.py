@@ -169,7 +169,10 @@ def excerpts(samples: np.ndarray, count: int) -> list[tuple[float, np.ndarray]]:
     if count <= 1:
         starts = [0]
     else:
-        starts = np.linspace(0, len(samples) - length, count + 2)[1:-1].astype(int).tolist()
+        spread = np.linspace(0, len(samples) - length, count + 2)[1:-1]  # off the ends
+        if spread[1] - spread[0] < length:  # no room for that: from end to end
+            spread = np.linspace(0, len(samples) - length, count)
+        starts = spread.astype(int).tolist()
     out = []
     for start in starts:
         piece = samples[start : start + length]

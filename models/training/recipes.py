@@ -202,7 +202,8 @@ CRY_DETECTOR_NARROWBAND64 = CRY_DETECTOR_NARROWBAND.model_copy(
 # Trained as the second 1.2.0 candidate (2026-11-22) and not shipped: 0.07-1.56 false alarms per
 # hour over three held-out sets where 1.1.0 has 8.5-16.7, every dev test target 1.1.0 meets, but
 # at its threshold (0.9996) TFLite INT8 and ONNX INT8 raise a different event on one test cry.
-# See README-cry-detector.md.
+# It was trained on the data of commit 88308dd, whose excerpts of tracks under 70 s overlapped
+# (253 of the 743 clips start elsewhere since). See README-cry-detector.md.
 CRY_DETECTOR_MORE_MUSIC = CRY_DETECTOR_NARROWBAND64.model_copy(
     update={
         "name": "cry-detector-more-music",
